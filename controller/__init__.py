@@ -1,0 +1,1 @@
+"""The asyncio runtime: slots, scheduler, compute executor, safety, controller, CLI, test harness."""

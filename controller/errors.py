@@ -1,0 +1,41 @@
+"""The errors a user of the controller can meet, in one place.
+
+Driver and policy errors are defined in their own packages (which must not
+import the controller) and re-exported here.
+"""
+
+from __future__ import annotations
+
+from drivers.errors import ConnectionLost, DriverConfigError, DriverError, NotReady, ProtocolError
+from policies.errors import CheckpointError, PolicyConfigError, PolicyError
+
+
+class ConfigError(ValueError):
+    """A controller option, CLI flag or config file value is invalid; the message names it."""
+
+
+class SafetyStop(Exception):
+    """The controller stopped the robot for a safety reason it could not hold through."""
+
+
+class WarmupError(Exception):
+    """The controller could not finish its warm-up (no state, frames, features or action in time)."""
+
+
+#: Errors whose message is meant for the user as is: the CLI prints them as one line.
+USER_ERRORS = (ConfigError, DriverConfigError, PolicyConfigError, CheckpointError)
+
+__all__ = [
+    "USER_ERRORS",
+    "CheckpointError",
+    "ConfigError",
+    "ConnectionLost",
+    "DriverConfigError",
+    "DriverError",
+    "NotReady",
+    "PolicyConfigError",
+    "PolicyError",
+    "ProtocolError",
+    "SafetyStop",
+    "WarmupError",
+]

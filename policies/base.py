@@ -1,0 +1,74 @@
+"""The `Policy` interface the controller drives.
+
+A policy has two entry points with very different costs, which is the whole
+point of the "VLM reuse" pattern:
+
+* `encode_vl(frames, instruction)`: slow (hundreds of ms for a 3B VL model).
+  The controller runs it on the compute executor's VL lane, on the newest
+  frames, as often as it can, and publishes the result into a latest-value
+  slot.
+* `act(features, state, sensors)`: fast (tens of ms). Runs every control tick
+  on the executor's action lane with the newest features, reused until newer
+  ones land.
+
+Both are plain synchronous methods: they run on the executor's worker
+threads, which own the torch device, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from drivers.base import Frame, RobotInfo, RobotState, SensorReading
+from drivers.registry import PluginRegistry
+
+POLICY_GROUP = "controller.policies"
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the controller needs from a model.
+
+    `load` runs once on the executor before anything else, with the device the
+    executor owns (`"cuda"`, `"cuda:1"`, `"cpu"`), and must raise
+    `PolicyConfigError` if the policy does not fit the robot (joint count,
+    action space). `act` returns a chunk of ABSOLUTE joint position targets in
+    radians, shape `(horizon, robot.dof)`, one row per control period; the
+    controller executes row 0 each tick.
+    """
+
+    name: str
+
+    def load(self, device: str, robot: RobotInfo, control_period: float) -> None: ...
+
+    def encode_vl(self, frames: Sequence[Frame], instruction: str) -> Any: ...
+
+    def act(
+        self,
+        features: Any,
+        state: RobotState,
+        sensors: Mapping[str, SensorReading],
+    ) -> np.ndarray: ...
+
+
+_policies = PluginRegistry(POLICY_GROUP)
+
+
+def available() -> dict[str, str]:
+    """name -> `module:attr` for every installed policy, without importing any."""
+    return _policies.describe()
+
+
+def create(name: str, options: Mapping[str, Any] | None = None) -> Policy:
+    """Load a policy class by name and build it from options (`from_options`)."""
+    from policies.errors import PolicyConfigError
+    from drivers.errors import DriverConfigError
+
+    try:
+        cls = _policies.load(name, what="policy")
+    except DriverConfigError as exc:
+        raise PolicyConfigError(str(exc)) from None
+    return cls.from_options(dict(options or {}))
