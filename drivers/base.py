@@ -18,7 +18,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, runtime_checkable
 
 import numpy as np
@@ -96,7 +96,9 @@ class JointLimits:
     def __post_init__(self) -> None:
         n = len(self.lower)
         if not (len(self.upper) == n == len(self.max_velocity)):
-            raise ValueError("JointLimits: lower, upper and max_velocity must have one entry per joint")
+            raise ValueError(
+                "JointLimits: lower, upper and max_velocity must have one entry per joint"
+            )
         if np.any(np.asarray(self.lower) > np.asarray(self.upper)):
             raise ValueError("JointLimits: a lower bound exceeds its upper bound")
 
@@ -267,7 +269,16 @@ def _coerce(hint: Any, value: Any, what: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
             return value.lower() in ("1", "true", "yes", "on")
         raise DriverConfigError(f"{what}: expected true or false, got {value!r}")
     if hint is int:

@@ -50,7 +50,9 @@ def parse_spec(kind: str, text: str) -> DriverSpec:
         if target.startswith("//"):
             target = target[2:]
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise DriverConfigError(f"bad {kind} spec {text!r}: driver name {name!r} is not a plain name")
+        raise DriverConfigError(
+            f"bad {kind} spec {text!r}: driver name {name!r} is not a plain name"
+        )
     return DriverSpec(kind=kind, name=name.lower(), target=target, text=text)
 
 

@@ -64,8 +64,8 @@ def available() -> dict[str, str]:
 
 def create(name: str, options: Mapping[str, Any] | None = None) -> Policy:
     """Load a policy class by name and build it from options (`from_options`)."""
-    from policies.errors import PolicyConfigError
     from drivers.errors import DriverConfigError
+    from policies.errors import PolicyConfigError
 
     try:
         cls = _policies.load(name, what="policy")

@@ -1,0 +1,156 @@
+"""The compute executor: the one owner of the accelerator.
+
+Two lanes, each a dedicated worker thread:
+
+* `Lane.VL`: long VL encodes (hundreds of ms on a 3B model).
+* `Lane.ACTION`: short action predictions, every control tick.
+
+With one worker an action would wait behind an encode and the control rate
+would collapse to the encoder's; with two, an action starts as soon as it is
+asked for. On CUDA each lane thread makes its own stream current (the action
+stream at the higher priority, so its kernels are scheduled ahead of a
+running encode's), and a job's result is returned only after its stream has
+finished, so a tensor handed from the VL lane to the action lane is complete.
+
+The event loop only ever awaits futures: nothing here blocks it. Exceptions
+raised by a job come back on its awaitable; the worker lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Lane(enum.Enum):
+    VL = "vl"
+    ACTION = "action"
+
+
+class Executor(Protocol):
+    """What the controller needs from an executor (the test harness has a simulated one)."""
+
+    device: str
+
+    async def start(self) -> str: ...
+    async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T: ...
+    async def close(self) -> None: ...
+
+
+def resolve_device(requested: str) -> str:
+    """`auto` -> `cuda` when torch sees a GPU, else `cpu`; anything else is checked and kept."""
+    if requested == "cpu":
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        if requested == "auto":
+            return "cpu"
+        raise RuntimeError(f"device {requested!r} needs torch, which is not installed") from None
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {requested!r} asked for, but torch sees no CUDA device")
+        return requested
+    raise RuntimeError(f"unknown device {requested!r} (accepted: auto, cpu, cuda, cuda:N)")
+
+
+class ComputeExecutor:
+    """Two single-thread lanes sharing one torch device."""
+
+    # Lower number = higher priority in CUDA's stream priority range.
+    _PRIORITY = {Lane.ACTION: -1, Lane.VL: 0}
+
+    def __init__(self, device: str = "auto") -> None:
+        self.requested = device
+        self.device = "unresolved"
+        self._pools: dict[Lane, ThreadPoolExecutor] = {}
+        self._streams: dict[Lane, Any] = {}
+        self._local = threading.local()
+        self._closed = False
+        self.jobs = {lane: 0 for lane in Lane}
+        self.failures = {lane: 0 for lane in Lane}
+
+    async def start(self) -> str:
+        """Create the lanes and resolve the device (importing torch off the loop)."""
+        if self._pools:
+            return self.device
+        for lane in Lane:
+            self._pools[lane] = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix=f"compute-{lane.value}",
+                initializer=self._init_thread,
+                initargs=(lane,),
+            )
+        loop = asyncio.get_running_loop()
+        self.device = await loop.run_in_executor(
+            self._pools[Lane.VL], resolve_device, self.requested
+        )
+        if self.device.startswith("cuda"):
+            await asyncio.gather(
+                *(loop.run_in_executor(self._pools[lane], self._make_stream, lane) for lane in Lane)
+            )
+        log.info(
+            "compute executor on %s (lanes: %s)",
+            self.device,
+            ", ".join(lane.value for lane in Lane),
+        )
+        return self.device
+
+    def _init_thread(self, lane: Lane) -> None:
+        self._local.lane = lane
+        self._local.stream = None
+
+    def _make_stream(self, lane: Lane) -> None:
+        import torch
+
+        stream = torch.cuda.Stream(device=self.device, priority=self._PRIORITY[lane])
+        torch.cuda.set_stream(stream)  # current stream is per thread: this lane's only
+        self._streams[lane] = stream
+        self._local.stream = stream
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        result = fn(*args)
+        stream = getattr(self._local, "stream", None)
+        if stream is not None:
+            stream.synchronize()  # releases the GIL while the GPU finishes
+        return result
+
+    async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise RuntimeError("compute executor is closed")
+        if not self._pools:
+            raise RuntimeError("compute executor not started")
+        self.jobs[lane] += 1
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pools[lane], self._call, fn, args)
+        except Exception:
+            self.failures[lane] += 1
+            raise
+
+    async def close(self) -> None:
+        """Stop taking work; wait (off the loop, bounded) for running jobs to finish."""
+        if self._closed:
+            return
+        self._closed = True
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        # A running job cannot be interrupted; wait for it in a helper thread.
+        waiters = [asyncio.to_thread(pool.shutdown, wait=True) for pool in pools.values()]
+        if waiters:
+            try:
+                async with asyncio.timeout(10.0):
+                    await asyncio.gather(*waiters)
+            except TimeoutError:
+                log.warning("compute executor: a job still running 10 s after close; leaving it")

@@ -1,0 +1,80 @@
+"""A synthetic camera: a coloured disc circling over a gradient, with capture timestamps.
+
+Frames are rendered lazily (only those the VL encoder reads are drawn, on its
+thread). `stall(seconds)` freezes the stream, the way a USB camera or a
+WebRTC link does, so tests can check that the controller holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from typing import ClassVar, Self
+
+import numpy as np
+
+from drivers.base import ConfiguredDriver, Frame, now
+from drivers.fake.config import FakeCameraConfig
+
+
+def render(width: int, height: int, t: float, seq: int) -> np.ndarray:
+    """Draw the scene at time `t`: the disc's position encodes time, the corner encodes seq."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.empty((height, width, 3), dtype=np.uint8)
+    img[..., 0] = (xx * 255 // max(1, width - 1)).astype(np.uint8)
+    img[..., 1] = (yy * 255 // max(1, height - 1)).astype(np.uint8)
+    img[..., 2] = 64
+    cx = width / 2 + 0.3 * width * math.cos(2 * math.pi * 0.25 * t)
+    cy = height / 2 + 0.3 * height * math.sin(2 * math.pi * 0.25 * t)
+    r = max(2.0, 0.1 * min(width, height))
+    disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    img[disc] = (255, 32, 32)
+    img[0:4, 0:4] = seq % 256
+    return img
+
+
+class FakeCamera(ConfiguredDriver):
+    kind: ClassVar[str] = "camera"
+    Config = FakeCameraConfig
+    spec_field = "name"
+
+    def __init__(self, config: FakeCameraConfig | None = None) -> None:
+        self.config = config or FakeCameraConfig()
+        self.name = self.config.name
+        self._stalled_until = -math.inf
+        self.frames_sent = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def stall(self, seconds: float) -> None:
+        """No frames for `seconds` from now (controller clock)."""
+        self._stalled_until = now() + seconds
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        cfg = self.config
+        period = 1.0 / cfg.fps
+        t0 = now()
+        k = 0
+        while True:
+            k += 1
+            await asyncio.sleep(max(0.0, t0 + k * period - now()))
+            capture = now()
+            if capture < self._stalled_until:
+                continue
+            seq = self.frames_sent
+            if cfg.latency:
+                await asyncio.sleep(cfg.latency)
+            self.frames_sent += 1
+            yield Frame(
+                camera=self.name,
+                image=lambda t=capture, s=seq: render(cfg.width, cfg.height, t, s),
+                capture_time=capture,
+                seq=seq,
+                time_source="synthetic",
+                size=(cfg.width, cfg.height),
+            )

@@ -1,0 +1,61 @@
+"""Config dataclasses of the fake drivers (beside the drivers, LeRobot style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drivers.errors import DriverConfigError
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise DriverConfigError(f"{name} must be positive, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FakeRobotConfig:
+    name: str = "fake"
+    #: State samples per second (a UR CB3 streams at 125 Hz).
+    rate_hz: float = 125.0
+    #: First-order time constant of each joint toward its target (s).
+    time_constant: float = 0.05
+    #: Delay between a state's capture and its delivery, and of each command (s).
+    latency: float = 0.0
+    #: Initial joint positions (rad); default: a UR5 "home" pose.
+    initial: tuple[float, ...] = (0.0, -1.57, 1.57, -1.57, -1.57, 0.0)
+
+    def __post_init__(self) -> None:
+        _positive("rate_hz", self.rate_hz)
+        _positive("time_constant", self.time_constant)
+        if self.latency < 0:
+            raise DriverConfigError(f"latency must be >= 0, got {self.latency!r}")
+        if len(self.initial) != 6:
+            raise DriverConfigError(f"initial must have 6 joint positions, got {len(self.initial)}")
+
+
+@dataclass(frozen=True, slots=True)
+class FakeCameraConfig:
+    name: str = "fake"
+    fps: float = 30.0
+    width: int = 224
+    height: int = 224
+    #: Delay between capture and delivery (s).
+    latency: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("fps", self.fps)
+        if not (8 <= self.width <= 4096 and 8 <= self.height <= 4096):
+            raise DriverConfigError(
+                f"width and height must be within 8..4096, got {self.width}x{self.height}"
+            )
+        if self.latency < 0:
+            raise DriverConfigError(f"latency must be >= 0, got {self.latency!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FakeForceSensorConfig:
+    name: str = "ft"
+    rate_hz: float = 100.0
+
+    def __post_init__(self) -> None:
+        _positive("rate_hz", self.rate_hz)
