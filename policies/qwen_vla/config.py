@@ -1,0 +1,193 @@
+"""The policy's configuration, stored as `config.json` in a checkpoint.
+
+Everything needed to rebuild the networks and to reproduce the features they
+were trained on lives here: dimensions, horizon, head, action space,
+normalisation statistics, image bounds and pooling. A checkpoint is only
+trustworthy if these values travel with its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from policies.errors import CheckpointError
+
+FORMAT_VERSION = 1
+Head = Literal["regression", "flow"]
+ActionKind = Literal["delta", "absolute"]
+StateInput = Literal["positions", "velocities"]
+
+#: Real-time friendly bounds: about 64 merged tokens per image (224x224 worth).
+DEFAULT_MIN_PIXELS = 4 * 28 * 28
+DEFAULT_MAX_PIXELS = 64 * 28 * 28
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns images + instruction into model inputs, and the feature out.
+
+    The cache manifest records this; a mismatch between training-time cache
+    and run time would feed the action expert features it never saw.
+    """
+
+    min_pixels: int = DEFAULT_MIN_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    system_prompt: str | None = None
+    pooling: Literal["mean"] = "mean"
+
+    def __post_init__(self) -> None:
+        if not (0 < self.min_pixels <= self.max_pixels):
+            raise ValueError(
+                f"image bounds: need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}"
+            )
+        if self.pooling != "mean":
+            raise ValueError(f"pooling {self.pooling!r} is not supported (accepted: 'mean')")
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Per-dimension mean and std; inputs are fed as (x - mean) / std."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"norm stats: {len(self.mean)} means but {len(self.std)} stds")
+        if any(not s > 0 for s in self.std):
+            raise ValueError("norm stats: every std must be > 0")
+
+    @property
+    def dim(self) -> int:
+        return len(self.mean)
+
+    @classmethod
+    def identity(cls, dim: int) -> NormStats:
+        return cls((0.0,) * dim, (1.0,) * dim)
+
+
+@dataclass(frozen=True)
+class ActionSpace:
+    """How the network's normalised output becomes joint targets.
+
+    `delta`: target = current position + max_delta * tanh(out): bounded and
+    small, so even an untrained network keeps a real arm near where it is.
+    `absolute`: target = out * norm.std + norm.mean.
+    """
+
+    kind: ActionKind = "delta"
+    max_delta: float = 0.02
+    norm: NormStats | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "delta" and not self.max_delta > 0:
+            raise ValueError(f"action space: max_delta must be > 0, got {self.max_delta}")
+        if self.kind == "absolute" and self.norm is None:
+            raise ValueError("action space 'absolute' needs norm statistics")
+
+
+@dataclass(frozen=True)
+class VLAConfig:
+    """Dimensions and statistics of one trained (or default) policy."""
+
+    vl_model: str
+    vl_hidden: int
+    action_dim: int
+    horizon: int = 8
+    head: Head = "regression"
+    flow_steps: int = 5
+    flow_seed: int = 0
+    model_dim: int = 256
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    robot_state_enabled: bool = True
+    state_inputs: tuple[StateInput, ...] = ("positions",)
+    state_norm: NormStats | None = None
+    sensor_enabled: bool = False
+    sensors: tuple[tuple[str, int], ...] = ()
+    sensor_norm: NormStats | None = None
+    action_space: ActionSpace = field(default_factory=ActionSpace)
+    vl_fingerprint: str | None = None
+    joint_names: tuple[str, ...] | None = None
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("vl_hidden", "action_dim", "horizon", "flow_steps", "model_dim"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.head not in ("regression", "flow"):
+            raise ValueError(f"head {self.head!r} is not one of 'regression', 'flow'")
+        if self.robot_state_enabled:
+            if not self.state_inputs:
+                raise ValueError("robot_state_enabled needs at least one state input")
+            if self.state_norm is not None and self.state_norm.dim != self.state_dim:
+                raise ValueError(
+                    f"state_norm has {self.state_norm.dim} entries, state inputs have {self.state_dim}"
+                )
+        if self.sensor_enabled:
+            if not self.sensors:
+                raise ValueError("sensor_enabled needs at least one sensor (name, dim)")
+            if self.sensor_norm is not None and self.sensor_norm.dim != self.sensor_dim:
+                raise ValueError(
+                    f"sensor_norm has {self.sensor_norm.dim} entries, sensors have {self.sensor_dim}"
+                )
+        norm = self.action_space.norm
+        if norm is not None and norm.dim != self.action_dim:
+            raise ValueError(f"action norm has {norm.dim} entries, action_dim is {self.action_dim}")
+
+    @property
+    def state_dim(self) -> int:
+        return self.action_dim * len(self.state_inputs)
+
+    @property
+    def sensor_dim(self) -> int:
+        return sum(d for _, d in self.sensors)
+
+    # -- JSON --------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> VLAConfig:
+        raw = dict(raw)
+        version = raw.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"format_version {version} is not supported (this code reads {FORMAT_VERSION})")
+
+        def stats(v: Any) -> NormStats | None:
+            return None if v is None else NormStats(tuple(v["mean"]), tuple(v["std"]))
+
+        if "preprocessing" in raw:
+            raw["preprocessing"] = Preprocessing(**raw["preprocessing"])
+        if "action_space" in raw:
+            a = dict(raw["action_space"])
+            a["norm"] = stats(a.get("norm"))
+            raw["action_space"] = ActionSpace(**a)
+        for key in ("state_norm", "sensor_norm"):
+            if key in raw:
+                raw[key] = stats(raw[key])
+        if "state_inputs" in raw:
+            raw["state_inputs"] = tuple(raw["state_inputs"])
+        if "sensors" in raw:
+            raw["sensors"] = tuple((str(n), int(d)) for n, d in raw["sensors"])
+        if raw.get("joint_names") is not None:
+            raw["joint_names"] = tuple(raw["joint_names"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}")
+        return cls(**raw)
+
+    @classmethod
+    def load(cls, path: Path) -> VLAConfig:
+        """Read `config.json`; any problem is a `CheckpointError` naming the file."""
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path.parent}: missing file {path.name}")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {path.parent}: {path.name} is invalid: {exc}") from None
