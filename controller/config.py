@@ -1,0 +1,184 @@
+"""The run configuration: a TOML file, overridden by command-line flags.
+
+Everything is validated here, before any driver connects, and every error
+names the key, the value and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.errors import ConfigError
+from controller.runtime import ControllerConfig
+from controller.safety import SafetyConfig
+
+
+@dataclass(frozen=True, slots=True)
+class DriverEntry:
+    """One driver to build: a spec string (`fake`, `whip://0.0.0.0:8080/front`) and its options."""
+
+    spec: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    robot: DriverEntry = field(default_factory=lambda: DriverEntry("fake"))
+    cameras: tuple[DriverEntry, ...] = (DriverEntry("fake"),)
+    sensors: tuple[DriverEntry, ...] = ()
+    policy: str = "qwen-vla"
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    duration: float | None = None
+    stats_json: str | None = None
+
+
+_TOP = {
+    "hz",
+    "instruction",
+    "duration",
+    "stats_json",
+    "device",
+    "spin_ms",
+    "status_interval",
+    "warmup_timeout",
+    "stop_timeout",
+    "action_timeout_ms",
+    "safety",
+    "robot",
+    "cameras",
+    "sensors",
+    "policy",
+}
+_SAFETY = {"max_feature_age", "max_state_age", "limit_mode", "velocity_scale"}
+
+
+def _number(where: str, value: Any, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"{where}: must be positive, got {value!r}")
+    return float(value)
+
+
+def _driver_entry(where: str, table: Any, *, spec_key: str) -> DriverEntry:
+    if isinstance(table, str):
+        return DriverEntry(table)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table or a spec string, got {table!r}")
+    opts = dict(table)
+    spec = opts.pop(spec_key, None)
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(f'{where}: needs {spec_key} = "NAME" or "NAME://TARGET"')
+    return DriverEntry(spec, opts)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+
+
+def from_mapping(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a RunConfig from a parsed TOML document (or the CLI's equivalent)."""
+    unknown = set(data) - _TOP
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(sorted(unknown))} (accepted: {', '.join(sorted(_TOP))})"
+        )
+    safety_tbl = data.get("safety", {})
+    if not isinstance(safety_tbl, dict):
+        raise ConfigError(f"{source}: [safety] must be a table")
+    bad = set(safety_tbl) - _SAFETY
+    if bad:
+        raise ConfigError(
+            f"{source}: unknown [safety] key(s) {', '.join(sorted(bad))} (accepted: {', '.join(sorted(_SAFETY))})"
+        )
+    safety_kwargs: dict[str, Any] = {}
+    for key in ("max_feature_age", "max_state_age", "velocity_scale"):
+        if key in safety_tbl:
+            safety_kwargs[key] = _number(f"{source}: safety.{key}", safety_tbl[key])
+    if "limit_mode" in safety_tbl:
+        safety_kwargs["limit_mode"] = safety_tbl["limit_mode"]
+    safety = SafetyConfig(**safety_kwargs)
+
+    ctl: dict[str, Any] = {"safety": safety}
+    if "hz" in data:
+        ctl["hz"] = _number(f"{source}: hz", data["hz"])
+    if "instruction" in data:
+        if not isinstance(data["instruction"], str) or not data["instruction"].strip():
+            raise ConfigError(
+                f"{source}: instruction must be a non-empty string, got {data['instruction']!r}"
+            )
+        ctl["instruction"] = data["instruction"]
+    if "spin_ms" in data:
+        ctl["spin"] = _number(f"{source}: spin_ms", data["spin_ms"], positive=False) / 1e3
+    if "status_interval" in data:
+        ctl["status_interval"] = _number(
+            f"{source}: status_interval", data["status_interval"], positive=False
+        )
+    for key in ("warmup_timeout", "stop_timeout"):
+        if key in data:
+            ctl[key] = _number(f"{source}: {key}", data[key])
+    if "action_timeout_ms" in data:
+        ctl["action_timeout"] = (
+            _number(f"{source}: action_timeout_ms", data["action_timeout_ms"]) / 1e3
+        )
+    controller = ControllerConfig(**ctl)
+
+    out: dict[str, Any] = {"controller": controller}
+    if "robot" in data:
+        out["robot"] = _driver_entry(f"{source}: [robot]", data["robot"], spec_key="driver")
+    if "cameras" in data:
+        cams = data["cameras"]
+        if not isinstance(cams, list) or not cams:
+            raise ConfigError(
+                f"{source}: cameras must be a non-empty array of tables ([[cameras]])"
+            )
+        out["cameras"] = tuple(
+            _driver_entry(f"{source}: cameras[{i}]", c, spec_key="spec") for i, c in enumerate(cams)
+        )
+    if "sensors" in data:
+        sens = data["sensors"]
+        if not isinstance(sens, list):
+            raise ConfigError(f"{source}: sensors must be an array of tables ([[sensors]])")
+        out["sensors"] = tuple(
+            _driver_entry(f"{source}: sensors[{i}]", c, spec_key="spec") for i, c in enumerate(sens)
+        )
+    if "policy" in data:
+        pol = data["policy"]
+        if isinstance(pol, str):
+            out["policy"] = pol
+        elif isinstance(pol, dict):
+            opts = dict(pol)
+            name = opts.pop("name", RunConfig.policy)
+            if not isinstance(name, str):
+                raise ConfigError(f"{source}: policy.name must be a string, got {name!r}")
+            out["policy"], out["policy_options"] = name, opts
+        else:
+            raise ConfigError(f"{source}: policy must be a name or a table")
+    if "device" in data:
+        dev = data["device"]
+        if not isinstance(dev, str) or not (
+            dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")
+        ):
+            raise ConfigError(f"{source}: device must be auto, cpu, cuda or cuda:N, got {dev!r}")
+        out["device"] = dev
+    if "duration" in data:
+        out["duration"] = _number(f"{source}: duration", data["duration"])
+    if "stats_json" in data:
+        if not isinstance(data["stats_json"], str):
+            raise ConfigError(f"{source}: stats_json must be a path string")
+        out["stats_json"] = data["stats_json"]
+    return RunConfig(**out)
