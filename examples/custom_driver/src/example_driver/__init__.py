@@ -1,0 +1,1 @@
+"""An example camera driver plugin for vla-controller."""
