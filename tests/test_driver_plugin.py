@@ -19,9 +19,22 @@ def plugin_site(tmp_path_factory) -> Path:
     """pip-install the example into its own folder (the shared venv stays untouched)."""
     target = tmp_path_factory.mktemp("plugin-site")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(EXAMPLE)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return target
@@ -36,7 +49,10 @@ def _env(site: Path) -> dict[str, str]:
 def test_installed_plugin_is_listed(plugin_site):
     out = subprocess.run(
         [sys.executable, "-m", "controller", "--list-drivers"],
-        capture_output=True, text=True, env=_env(plugin_site), timeout=120,
+        capture_output=True,
+        text=True,
+        env=_env(plugin_site),
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "camera.checker" in out.stdout and "example_driver.camera:CheckerCamera" in out.stdout
@@ -45,10 +61,31 @@ def test_installed_plugin_is_listed(plugin_site):
 def test_installed_plugin_drives_the_controller(plugin_site, tmp_path):
     stats = tmp_path / "s.json"
     out = subprocess.run(
-        [sys.executable, "-m", "controller", "--robot", "fake", "--camera", "checker://left",
-         "--policy", "fake", "--policy-option", "vl_latency=0.05", "--duration", "2",
-         "--device", "cpu", "--stats-json", str(stats), "--status-interval", "0"],
-        capture_output=True, text=True, env=_env(plugin_site), timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "controller",
+            "--robot",
+            "fake",
+            "--camera",
+            "checker://left",
+            "--policy",
+            "fake",
+            "--policy-option",
+            "vl_latency=0.05",
+            "--duration",
+            "2",
+            "--device",
+            "cpu",
+            "--stats-json",
+            str(stats),
+            "--status-interval",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(plugin_site),
+        timeout=180,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(stats.read_text())
@@ -62,7 +99,10 @@ def test_bad_plugin_option_is_one_clear_line(plugin_site, tmp_path):
     cfg.write_text('[[cameras]]\nspec = "checker"\nfps = -1\n')
     out = subprocess.run(
         [sys.executable, "-m", "controller", "--config", str(cfg), "--policy", "fake"],
-        capture_output=True, text=True, env=_env(plugin_site), timeout=120,
+        capture_output=True,
+        text=True,
+        env=_env(plugin_site),
+        timeout=120,
     )
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0

@@ -39,7 +39,11 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
-    code, _, err = run_cli(capsys, *argv, "--policy", "fake") if "--policy" not in argv else run_cli(capsys, *argv)
+    code, _, err = (
+        run_cli(capsys, *argv, "--policy", "fake")
+        if "--policy" not in argv
+        else run_cli(capsys, *argv)
+    )
     assert code == 2
     assert needle in err
     assert err.strip().count("\n") == 0, err
@@ -61,7 +65,15 @@ def test_bad_config_file_values_are_named(capsys, tmp_path):
 def test_list_drivers_names_builtins(capsys):
     code, out, _ = run_cli(capsys, "--list-drivers")
     assert code == 0
-    for name in ("robot.fake", "camera.fake", "robot.ur5", "camera.whip", "camera.whep", "fake", "qwen-vla"):
+    for name in (
+        "robot.fake",
+        "camera.fake",
+        "robot.ur5",
+        "camera.whip",
+        "camera.whep",
+        "fake",
+        "qwen-vla",
+    ):
         assert name in out
 
 
@@ -78,7 +90,9 @@ def test_config_file_with_flag_overrides(tmp_path):
     )
     proc = subprocess.run(
         [sys.executable, "-m", "controller", "--config", str(cfg), "--hz", "10"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(stats.read_text())
@@ -95,9 +109,22 @@ def test_sigint_stops_the_run_cleanly(tmp_path):
 
     stats = tmp_path / "s.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller", "--policy", "fake", "--device", "cpu",
-         "--stats-json", str(stats), "--status-interval", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "controller",
+            "--policy",
+            "fake",
+            "--device",
+            "cpu",
+            "--stats-json",
+            str(stats),
+            "--status-interval",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 90
