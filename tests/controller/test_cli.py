@@ -136,7 +136,7 @@ def test_sigint_stops_the_run_cleanly(tmp_path):
                 break
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
-        out, rest = proc.communicate(timeout=30)
+        _, rest = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 0, err + rest

@@ -1,0 +1,100 @@
+"""The fakes are good enough to test a controller against: check they behave like the real thing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from drivers.base import JointCommand
+from drivers.errors import ConnectionLost, DriverConfigError, NotReady
+from drivers.fake import FakeCamera, FakeRobot
+from drivers.fake.camera import render
+from drivers.fake.config import FakeCameraConfig, FakeRobotConfig
+from policies.errors import PolicyConfigError
+from policies.fake import FakePolicy, Latency
+
+pytestmark = pytest.mark.virtual_clock
+
+
+async def test_robot_follows_a_target_with_first_order_dynamics(virtual_clock):
+    async with FakeRobot(FakeRobotConfig(time_constant=0.1, initial=(0.0,) * 6)) as robot:
+        await robot.command(JointCommand(np.full(6, 0.2), duration=0.1, seq=1))
+        await asyncio.sleep(0.1)  # one time constant: 63 %
+        np.testing.assert_allclose(robot.positions, np.full(6, 0.2 * (1 - np.exp(-1))), rtol=1e-6)
+        await asyncio.sleep(1.0)
+        np.testing.assert_allclose(robot.positions, np.full(6, 0.2), atol=1e-4)
+
+
+async def test_robot_speed_is_limited(virtual_clock):
+    async with FakeRobot(FakeRobotConfig(time_constant=0.001, initial=(0.0,) * 6)) as robot:
+        await robot.command(JointCommand(np.full(6, 3.0), duration=0.1, seq=1))
+        await asyncio.sleep(0.1)
+        assert np.all(robot.positions <= np.pi * 0.1 + 1e-9)
+
+
+async def test_robot_streams_state_at_its_rate_with_capture_times(virtual_clock):
+    async with FakeRobot(FakeRobotConfig(rate_hz=125, latency=0.004)) as robot:
+        states = []
+        async for s in robot.states():
+            states.append((s, virtual_clock.time()))
+            if len(states) == 126:
+                break
+    times = [s.capture_time for s, _ in states]
+    assert np.allclose(np.diff(times), 1 / 125)
+    assert all(arrival - s.capture_time == pytest.approx(0.004) for s, arrival in states)
+
+
+async def test_robot_faults(virtual_clock):
+    async with FakeRobot() as robot:
+        robot.disconnect()
+        with pytest.raises(ConnectionLost):
+            await robot.command(JointCommand(np.zeros(6), 0.1, 1))
+        robot.reconnect()
+        robot.trigger_protective_stop()
+        with pytest.raises(NotReady):
+            await robot.command(JointCommand(np.zeros(6), 0.1, 2))
+        robot.clear_protective_stop()
+        await robot.command(JointCommand(np.zeros(6), 0.1, 3))
+        assert [c.seq for _, c in robot.commands] == [3]
+    assert robot.stops == 1
+
+
+async def test_camera_shows_motion_and_can_stall(virtual_clock):
+    cam = FakeCamera(FakeCameraConfig(fps=10, width=64, height=48))
+    frames = []
+    async with cam:
+        it = cam.frames()
+        frames.append(await anext(it))
+        cam.stall(1.0)
+        t_stall = virtual_clock.time()
+        frames.append(await anext(it))
+    assert frames[1].capture_time >= t_stall + 1.0
+    a, b = frames[0].image, frames[1].image
+    assert a.shape == (48, 64, 3) and a.dtype == np.uint8
+    assert not np.array_equal(a, b)  # the disc moved
+    assert frames[0].time_source == "synthetic"
+
+
+def test_render_is_deterministic():
+    np.testing.assert_array_equal(render(32, 32, 1.5, 3), render(32, 32, 1.5, 3))
+
+
+def test_fake_option_errors_are_named():
+    with pytest.raises(DriverConfigError, match="fps must be positive"):
+        FakeCamera.from_spec("", {"fps": 0})
+    with pytest.raises(PolicyConfigError, match=r"vl_latency: cannot read 'soon'"):
+        FakePolicy(vl_latency="soon")
+    with pytest.raises(PolicyConfigError, match="unknown option"):
+        FakePolicy.from_options({"temperature": 1})
+
+
+def test_latency_distributions_are_seeded():
+    lat = Latency.parse("normal(0.3, 0.05)")
+    a = [lat.draw(np.random.default_rng(1)) for _ in range(3)]
+    b = [lat.draw(np.random.default_rng(1)) for _ in range(3)]
+    assert a == b
+    u = Latency.parse("uniform(0.2, 0.4)")
+    rng = np.random.default_rng(0)
+    assert all(0.2 <= u.draw(rng) <= 0.4 for _ in range(100))
