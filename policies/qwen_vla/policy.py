@@ -1,0 +1,293 @@
+"""`QwenVLAPolicy`: the Qwen2.5-VL action policy the controller drives.
+
+`encode_vl` (VL worker thread) and `act` (action worker thread) run
+concurrently: each touches only its own modules (the VL model, resp. the
+encoders + expert), and the only thing passed between them is the feature
+tensor, read-only. The policy has no asyncio and no background threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from drivers.base import Frame, RobotInfo, RobotState, SensorReading, build_config
+from drivers.errors import DriverConfigError
+from policies.errors import CheckpointError, PolicyConfigError, PolicyError
+from policies.qwen_vla import checkpoint as ckpt
+from policies.qwen_vla.action_expert import ActionModel
+from policies.qwen_vla.config import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    ActionSpace,
+    NormStats,
+    Preprocessing,
+    VLAConfig,
+)
+from policies.qwen_vla.vl_encoder import VLEncoder
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QwenVLAOptions:
+    """Options from the CLI / TOML (`--checkpoint`, `--vl-model`, ...).
+
+    The shape options (head, horizon, image bounds, sensors, max_delta,
+    seed) only describe a fresh policy; with a checkpoint its config rules
+    and giving them is an error rather than a silent override.
+    """
+
+    checkpoint: str | None = None
+    vl_model: str | None = None
+    cache_dir: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    instruction_default: str | None = None
+    head: Literal["regression", "flow"] | None = None
+    horizon: int | None = None
+    flow_steps: int | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    sensors: str | None = None  # "ft:6,gripper:1": enables the sensor encoder
+    max_delta: float | None = None
+    seed: int = 0
+
+    def shape_options(self) -> dict[str, Any]:
+        names = ("head", "horizon", "flow_steps", "min_pixels", "max_pixels", "sensors", "max_delta")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def preprocessing(self) -> Preprocessing:
+        try:
+            return Preprocessing(
+                min_pixels=self.min_pixels or DEFAULT_MIN_PIXELS,
+                max_pixels=self.max_pixels or DEFAULT_MAX_PIXELS,
+            )
+        except ValueError as exc:
+            raise PolicyConfigError(f"qwen-vla: {exc}") from None
+
+    def sensor_spec(self) -> tuple[tuple[str, int], ...]:
+        if not self.sensors:
+            return ()
+        out = []
+        for item in self.sensors.split(","):
+            name, _, dim = item.strip().partition(":")
+            if not name or not dim.isdigit() or int(dim) <= 0:
+                raise PolicyConfigError(
+                    f"qwen-vla: option 'sensors': {item!r} is not NAME:DIM (e.g. 'ft:6')"
+                )
+            out.append((name, int(dim)))
+        return tuple(out)
+
+
+def build_vl_encoder(options: QwenVLAOptions, device: str | torch.device = "cpu") -> VLEncoder:
+    """The VL encoder these options describe: the checkpoint's model and image
+    bounds, else `vl_model`, else the tiny default (built on first use).
+
+    Shared by the policy, the VL cache builder and the benchmark, so all three
+    encode with the same model and preprocessing.
+    """
+    if options.checkpoint:
+        root = Path(options.checkpoint)
+        config = VLAConfig.load(root / ckpt.CONFIG_FILE)
+        ref = options.vl_model or ckpt.resolve_vl_ref(config, root)
+        pp = config.preprocessing
+    else:
+        pp = options.preprocessing()
+        if options.vl_model:
+            ref = options.vl_model
+        else:
+            from policies.qwen_vla.tiny_default import tiny_model_dir
+
+            ref = str(tiny_model_dir(options.cache_dir, min_pixels=pp.min_pixels, max_pixels=pp.max_pixels))
+    return VLEncoder.load(ref, pp, device, options.dtype)
+
+
+def default_config(options: QwenVLAOptions, robot: RobotInfo, vl_hidden: int, vl_ref: str) -> VLAConfig:
+    """A fresh (untrained) policy for this robot: deltas around the current
+    position, state normalised to the robot's joint range."""
+    lower = np.asarray(robot.limits.lower, dtype=float)
+    upper = np.asarray(robot.limits.upper, dtype=float)
+    mid = (lower + upper) / 2
+    half = np.maximum((upper - lower) / 2, 1e-3)
+    sensors = options.sensor_spec()
+    try:
+        return VLAConfig(
+            vl_model=vl_ref,
+            vl_hidden=vl_hidden,
+            action_dim=robot.dof,
+            horizon=options.horizon or 8,
+            head=options.head or "regression",
+            flow_steps=options.flow_steps or 5,
+            flow_seed=options.seed,
+            preprocessing=options.preprocessing(),
+            state_norm=NormStats(tuple(mid.tolist()), tuple(half.tolist())),
+            sensor_enabled=bool(sensors),
+            sensors=sensors,
+            action_space=ActionSpace(kind="delta", max_delta=options.max_delta or 0.02),
+            joint_names=robot.joint_names,
+        )
+    except ValueError as exc:
+        raise PolicyConfigError(f"qwen-vla: {exc}") from None
+
+
+class QwenVLAPolicy:
+    """Qwen2.5-VL features + state/sensor encoders + action expert -> joint targets."""
+
+    name = "qwen-vla"
+
+    def __init__(self, options: QwenVLAOptions) -> None:
+        self.options = options
+        self.config: VLAConfig | None = None
+        self.encoder: VLEncoder | None = None
+        self.model: ActionModel | None = None
+        self.robot: RobotInfo | None = None
+        self.device = torch.device("cpu")
+        self._vl_source: Path | None = None
+
+    # -- construction ----------------------------------------------------------
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> QwenVLAPolicy:
+        try:
+            opts = build_config(QwenVLAOptions, options, what="qwen-vla")
+        except DriverConfigError as exc:
+            raise PolicyConfigError(str(exc)) from None
+        if opts.checkpoint:
+            extra = opts.shape_options()
+            if extra:
+                raise PolicyConfigError(
+                    f"qwen-vla: options {sorted(extra)} describe a fresh policy; the checkpoint"
+                    f" {opts.checkpoint} fixes them in its config.json"
+                )
+            root = Path(opts.checkpoint)
+            if not root.is_dir():
+                raise CheckpointError(f"checkpoint {root}: no such directory")
+            VLAConfig.load(root / ckpt.CONFIG_FILE)  # fail now, not at load
+        else:
+            opts.preprocessing()
+            opts.sensor_spec()
+        return cls(opts)
+
+    @classmethod
+    def from_pretrained(cls, ckpt_dir: str | Path, **options: Any) -> QwenVLAPolicy:
+        return cls.from_options({"checkpoint": str(ckpt_dir), **options})
+
+    def load(self, device: str, robot: RobotInfo, control_period: float) -> None:
+        """Load weights on `device` and check the policy fits `robot`."""
+        dev = torch.device(device)
+        opts = self.options
+        if opts.checkpoint:
+            config, model = ckpt.load_checkpoint(opts.checkpoint)
+            if config.action_dim != robot.dof:
+                raise PolicyConfigError(
+                    f"qwen-vla: checkpoint {opts.checkpoint} predicts {config.action_dim} joints,"
+                    f" robot {robot.name!r} has {robot.dof}"
+                )
+            if config.joint_names is not None and tuple(config.joint_names) != robot.joint_names:
+                LOG.warning(
+                    "checkpoint joint names %s differ from robot's %s (same count: continuing)",
+                    config.joint_names, robot.joint_names,
+                )
+            encoder = build_vl_encoder(opts, dev)
+            if encoder.hidden_size != config.vl_hidden:
+                raise CheckpointError(
+                    f"checkpoint {opts.checkpoint}: VL model {encoder.ref} has hidden size"
+                    f" {encoder.hidden_size}, the action expert expects {config.vl_hidden}"
+                )
+            if config.vl_fingerprint and encoder.fingerprint() != config.vl_fingerprint:
+                LOG.warning(
+                    "VL model %s is not the one this checkpoint was trained with (fingerprint %s != %s)",
+                    encoder.ref, encoder.fingerprint(), config.vl_fingerprint,
+                )
+        else:
+            encoder = build_vl_encoder(opts, dev)
+            config = default_config(opts, robot, encoder.hidden_size, encoder.ref)
+            config = dataclasses.replace(config, vl_fingerprint=encoder.fingerprint())
+            torch.manual_seed(opts.seed)
+            model = ActionModel(config).eval()
+            LOG.warning(
+                "qwen-vla: no checkpoint: untrained action expert (random weights, seed %d);"
+                " actions are small bounded deltas around the current position", opts.seed,
+            )
+        model.requires_grad_(False)
+        self.model = model.to(dev)
+        self.encoder, self.config, self.robot, self.device = encoder, config, robot, dev
+
+    # -- the two real-time entry points -----------------------------------------
+
+    def encode_vl(self, frames: Sequence[Frame], instruction: str) -> torch.Tensor:
+        """Frames + instruction -> pooled feature (1, 1, hidden) on the device."""
+        if self.encoder is None:
+            raise PolicyError("qwen-vla: encode_vl called before load")
+        if not frames:
+            raise PolicyError("qwen-vla: encode_vl needs at least one frame")
+        return self.encoder.encode([f.image for f in frames], instruction)
+
+    def act(
+        self,
+        features: Any,
+        state: RobotState,
+        sensors: Mapping[str, SensorReading],
+    ) -> np.ndarray:
+        """-> (horizon, dof) absolute joint targets (rad), clipped to joint limits."""
+        model, config, robot = self.model, self.config, self.robot
+        if model is None or config is None or robot is None:
+            raise PolicyError("qwen-vla: act called before load")
+        vl = torch.as_tensor(features, device=self.device, dtype=torch.float32)
+        if vl.shape != (1, 1, config.vl_hidden):
+            raise PolicyError(
+                f"qwen-vla: features of shape {tuple(vl.shape)}, expected (1, 1, {config.vl_hidden})"
+            )
+        positions = np.asarray(state.positions, dtype=np.float64)
+        if positions.shape != (robot.dof,):
+            raise PolicyError(f"qwen-vla: state has {positions.shape} positions, robot has {robot.dof}")
+        state_t = self._state_tensor(state) if config.robot_state_enabled else None
+        sensor_t = self._sensor_tensor(sensors) if config.sensor_enabled else None
+        with torch.inference_mode():
+            out = model(vl, state_t, sensor_t)[0].to(torch.float64).cpu().numpy()
+        space = config.action_space
+        if space.kind == "delta":
+            targets = positions[None, :] + space.max_delta * np.tanh(out)
+        else:
+            assert space.norm is not None
+            targets = out * np.asarray(space.norm.std) + np.asarray(space.norm.mean)
+        return np.clip(targets, robot.limits.lower, robot.limits.upper)
+
+    def _state_tensor(self, state: RobotState) -> torch.Tensor:
+        assert self.config is not None
+        parts = [np.asarray(getattr(state, name), dtype=np.float32) for name in self.config.state_inputs]
+        return torch.as_tensor(np.concatenate(parts)[None, :], device=self.device)
+
+    def _sensor_tensor(self, sensors: Mapping[str, SensorReading]) -> torch.Tensor:
+        assert self.config is not None
+        parts = []
+        for name, dim in self.config.sensors:
+            reading = sensors.get(name)
+            if reading is None:
+                raise PolicyError(
+                    f"qwen-vla: no reading from sensor {name!r} (have: {sorted(sensors) or 'none'})"
+                )
+            values = np.asarray(reading.values, dtype=np.float32).reshape(-1)
+            if values.shape[0] != dim:
+                raise PolicyError(f"qwen-vla: sensor {name!r} gave {values.shape[0]} values, expected {dim}")
+            parts.append(values)
+        return torch.as_tensor(np.concatenate(parts)[None, :], device=self.device)
+
+    # -- persistence ---------------------------------------------------------------
+
+    def save_pretrained(self, out_dir: str | Path, *, embed_vl: bool | None = None) -> Path:
+        """Write a checkpoint. `embed_vl` copies the VL model in (default: only
+        when it is the tiny default, whose directory is a few MB)."""
+        if self.model is None or self.config is None or self.encoder is None:
+            raise PolicyError("qwen-vla: save_pretrained before load")
+        vl_dir = Path(self.encoder.ref)
+        if embed_vl is None:
+            embed_vl = (vl_dir / "tiny_default.json").is_file()
+        return ckpt.save_checkpoint(out_dir, self.config, self.model, vl_dir if embed_vl else None)
