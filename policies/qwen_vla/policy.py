@@ -49,7 +49,6 @@ class QwenVLAOptions:
     vl_model: str | None = None
     cache_dir: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    instruction_default: str | None = None
     head: Literal["regression", "flow"] | None = None
     horizon: int | None = None
     flow_steps: int | None = None
