@@ -156,6 +156,11 @@ class UrSimulator:
     def protective_stop(self) -> None:
         self.arm.protective_stop()
 
+    def send_raw(self, data: bytes) -> None:
+        """Write arbitrary bytes (e.g. a malformed packet) to every RTDE client."""
+        for s in list(self.sessions):
+            s.writer.transport.write(data)
+
     def send_text(self, message: str, level: int = 3) -> None:
         self.arm.say(message, level)
 

@@ -1,0 +1,118 @@
+"""Dashboard server client (port 29999): one text line per command, one line per reply."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from drivers.errors import ConnectionLost, DriverError
+
+log = logging.getLogger(__name__)
+
+DASHBOARD_PORT = 29999
+UNLOCK_DELAY = 5.0  # UR refuses to unlock a protective stop sooner than this
+
+
+class DashboardClient:
+    def __init__(self, host: str, port: int = DASHBOARD_PORT, *, timeout: float = 2.0) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+        self.banner = ""
+
+    async def __aenter__(self) -> DashboardClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+                self.banner = (await self._reader.readline()).decode("utf-8", "replace").strip()
+        except (OSError, TimeoutError) as exc:
+            await self.close()
+            raise ConnectionLost(
+                f"UR dashboard {self.host}:{self.port}: cannot connect: {exc!r}"
+            ) from None
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await writer.wait_closed()
+
+    async def command(self, text: str) -> str:
+        async with self._lock:
+            if self._writer is None or self._reader is None:
+                raise ConnectionLost(f"UR dashboard {self.host}: not connected")
+            try:
+                self._writer.write(text.encode("utf-8") + b"\n")
+                async with asyncio.timeout(self.timeout):
+                    await self._writer.drain()
+                    line = await self._reader.readline()
+            except (OSError, TimeoutError) as exc:
+                raise ConnectionLost(f"UR dashboard {self.host}: {text!r} failed: {exc!r}") from None
+            if not line:
+                raise ConnectionLost(f"UR dashboard {self.host} closed the connection")
+            reply = line.decode("utf-8", "replace").strip()
+            log.debug("dashboard %r -> %r", text, reply)
+            return reply
+
+    async def _expect(self, text: str, ok_prefix: str) -> str:
+        reply = await self.command(text)
+        if not reply.lower().startswith(ok_prefix.lower()):
+            raise DriverError(f"UR dashboard: {text!r} refused: {reply!r}")
+        return reply
+
+    async def power_on(self) -> None:
+        await self._expect("power on", "Powering on")
+
+    async def brake_release(self) -> None:
+        await self._expect("brake release", "Brake releasing")
+
+    async def play(self) -> None:
+        await self._expect("play", "Starting program")
+
+    async def stop(self) -> None:
+        reply = await self.command("stop")
+        if not reply.startswith("Stopped") and "Failed" not in reply:
+            raise DriverError(f"UR dashboard: 'stop' refused: {reply!r}")
+
+    async def close_safety_popup(self) -> None:
+        await self.command("close safety popup")
+
+    async def robot_mode(self) -> str:
+        return (await self.command("robotmode")).split(":", 1)[-1].strip()
+
+    async def safety_status(self) -> str:
+        """Safety status name; falls back to `safetymode` on CB3, which lacks `safetystatus`."""
+        reply = await self.command("safetystatus")
+        if reply.lower().startswith("could not understand"):
+            reply = await self.command("safetymode")
+        return reply.split(":", 1)[-1].strip()
+
+    async def program_state(self) -> str:
+        return (await self.command("programState")).split(" ", 1)[0].strip()
+
+    async def is_in_remote_control(self) -> bool | None:
+        """None when the controller does not know the command (CB3, old e-Series)."""
+        reply = (await self.command("is in remote control")).strip().lower()
+        if reply in ("true", "false"):
+            return reply == "true"
+        return None
+
+    async def unlock_protective_stop(self, wait: float = 0.0) -> bool:
+        """Unlock after waiting `wait` s (the caller knows when the stop happened: UR
+        refuses an unlock sooner than 5 s after it). False when the controller refuses."""
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self.close_safety_popup()
+        reply = await self.command("unlock protective stop")
+        return reply.lower().startswith("protective stop releasing")
