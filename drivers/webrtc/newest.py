@@ -127,6 +127,7 @@ class TrackPump:
         self.sink = sink
         self.stamp = stamp
         self.frames = 0
+        self.first_frame = asyncio.Event()
         self.ended = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -149,6 +150,7 @@ class TrackPump:
                 arrival = loop.time()
                 capture, source = self.stamp(vf, arrival)
                 self.frames += 1
+                self.first_frame.set()
                 self.sink.put(Arrived(vf, arrival, capture, source))
         finally:
             self.ended.set()

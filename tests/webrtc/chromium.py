@@ -57,8 +57,12 @@ async def chromium(url: str) -> AsyncIterator[asyncio.subprocess.Process]:
                 proc.kill()
                 await proc.wait()
         log.close()
-        Path(log.name).unlink(missing_ok=True)
-        shutil.rmtree(profile, ignore_errors=True)
+        await asyncio.to_thread(_cleanup, log.name, profile)
+
+
+def _cleanup(log_path: str, profile: str) -> None:
+    Path(log_path).unlink(missing_ok=True)
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 def log_tail(proc: asyncio.subprocess.Process, lines: int = 40) -> str:

@@ -1,0 +1,200 @@
+"""WHEP camera: pull a stream from a media server (MediaMTX, Janus, Cloudflare).
+
+draft-ietf-wish-whep: a recvonly offer with every candidate gathered is POSTed
+as `application/sdp`; the server answers `201` with a `Location` for the
+session, which we DELETE on close. A supervisor task keeps one session up:
+no frame for `watchdog_s` (aiortc itself would notice a dead peer only after
+~30 s) marks the camera stale, tears the session down with DELETE and
+reconnects with backoff. The frame stream stays open throughout; the
+controller sees staleness as frame age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, Self
+from urllib.parse import urljoin
+
+import aiohttp
+
+from drivers.base import ConfiguredDriver, Frame
+from drivers.errors import ConnectionLost, DriverConfigError, ProtocolError
+from drivers.webrtc import ice
+from drivers.webrtc.base import WebRtcCameraBase
+from drivers.webrtc.sdp import prefer_decodable
+from drivers.webrtc.whep_config import WhepCameraConfig
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+HTTP_TIMEOUT_S = 5.0
+
+
+class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
+    kind: ClassVar[str] = "whep"
+    Config: ClassVar[type] = WhepCameraConfig
+    spec_field: ClassVar[str | None] = "url"
+
+    def __init__(self, config: WhepCameraConfig) -> None:
+        self.config = config
+        super().__init__(config.camera_name())
+        self.watchdog_s = config.watchdog_s
+        self.connects = 0
+        self.failures = 0
+        self.location: str | None = None
+        self.fatal: BaseException | None = None
+        self._pc: Any = None
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        if self.config.ice_addresses:
+            ice.install(self.config.ice_addresses)
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
+        self._spawn(self._supervise(), "supervisor")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._close_tasks()
+            await self._teardown()
+        finally:
+            if self._http is not None:
+                await self._http.close()
+                self._http = None
+            if self.config.ice_addresses:
+                ice.uninstall()
+            self.newest.close()
+
+    async def frames(self) -> AsyncIterator[Frame]:  # type: ignore[override]
+        """Newest frames; silent while stale or reconnecting; raises a fatal error."""
+        async for frame in self.newest.frames():
+            yield frame
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        h = {"Accept": "application/sdp"}
+        if content_type:
+            h["Content-Type"] = content_type
+        if self.config.token:
+            h["Authorization"] = f"Bearer {self.config.token}"
+        return h
+
+    # ------------------------------------------------------------ supervision
+
+    async def _supervise(self) -> None:
+        backoff = self.config.backoff_s
+        while True:
+            got_frames = False
+            try:
+                await asyncio.wait_for(self._connect(), self.config.connect_timeout_s)
+                got_frames = True
+                self.connects += 1
+                self._set_stale(False, "connected")
+                await self._watch()
+            except DriverConfigError as exc:
+                log.error("camera %s: %s", self.name, exc)
+                self.fatal = exc
+                self.newest.close()
+                return
+            except (ConnectionLost, ProtocolError, TimeoutError) as exc:
+                self.failures += 1
+                log.warning("camera %s: %s", self.name, exc or "connect timed out")
+            finally:
+                self._set_stale(True, "session ended")
+                await self._teardown()
+            if got_frames:
+                backoff = self.config.backoff_s
+            log.info("camera %s: reconnecting in %.1f s", self.name, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.config.backoff_max_s)
+
+    async def _watch(self) -> None:
+        """Return when the session is dead: no frame for `watchdog_s`, or closed."""
+        loop = asyncio.get_running_loop()
+        period = min(self.watchdog_s / 4, 0.25)
+        while True:
+            await asyncio.sleep(period)
+            age = self.frame_age(loop.time())
+            if age is None or age > self.watchdog_s:
+                raise ConnectionLost(f"no frame for {self.watchdog_s:.1f} s")
+            pc = self._pc
+            if pc is None or pc.connectionState in ("failed", "closed"):
+                raise ConnectionLost(f"peer connection {pc.connectionState if pc else 'gone'}")
+
+    # ------------------------------------------------------------ one session
+
+    async def _connect(self) -> None:
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        pc = self._pc = RTCPeerConnection(ice.rtc_configuration(self.config.ice_servers))
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        prefer_decodable(transceiver)
+        got_track: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "video" and not got_track.done():
+                got_track.set_result(track)
+
+        await pc.setLocalDescription(await pc.createOffer())  # gathers every candidate
+        answer = await self._post(pc.localDescription.sdp)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise ProtocolError(f"WHEP answer from {self.config.url} is unusable: {exc}") from None
+        track = await got_track
+        pump = self._start_pump(track, transceiver.receiver, self.config.sender_clock)
+        await pump.first_frame.wait()  # bounded by connect_timeout_s
+
+    async def _post(self, offer: str) -> str:
+        assert self._http is not None
+        url = self.config.url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                async with self._http.post(
+                    url, data=offer, headers=self._headers("application/sdp"),
+                    allow_redirects=False,
+                ) as resp:
+                    body = await resp.text()
+                    if resp.status in (307, 308) and "Location" in resp.headers:
+                        url = urljoin(url, resp.headers["Location"])
+                        continue
+                    if resp.status in (401, 403):
+                        raise DriverConfigError(
+                            f"WHEP {url}: {resp.status} (check the token option): {body.strip()}"
+                        )
+                    if resp.status != 201:
+                        raise ConnectionLost(f"WHEP POST {url}: {resp.status} {body.strip()[:200]}")
+                    if "Location" not in resp.headers:
+                        raise ProtocolError(f"WHEP POST {url}: 201 without Location")
+                    if resp.content_type != "application/sdp":
+                        raise ProtocolError(f"WHEP POST {url}: answer is {resp.content_type}")
+                    self.location = urljoin(str(resp.url), resp.headers["Location"])
+                    return body
+            except aiohttp.ClientError as exc:
+                raise ConnectionLost(f"WHEP POST {url}: {exc}") from exc
+        raise ProtocolError(f"WHEP POST {self.config.url}: more than {MAX_REDIRECTS} redirects")
+
+    async def _teardown(self) -> None:
+        """DELETE the session (best effort, bounded) and close the peer connection."""
+        location, self.location = self.location, None
+        pc, self._pc = self._pc, None
+        try:
+            if location and self._http is not None:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with self._http.delete(
+                        location, headers=self._headers(),
+                        timeout=aiohttp.ClientTimeout(total=2.0),
+                    ):
+                        pass
+        finally:
+            await self._stop_pump()
+            if pc is not None:
+                await pc.close()
