@@ -1,0 +1,1 @@
+"""Local cameras through PyAV: V4L2 devices and lavfi test sources."""
