@@ -32,7 +32,7 @@ class UR5Config:
     max_jump: float = 0.35
     register_base: int = 24
     #: The robot stops the program when inputs arrive slower than this.
-    watchdog_hz: float = 5.0
+    watchdog_hz: float = 2.0
     #: The driver re-sends the inputs at this rate so a slow controller tick never trips it.
     keepalive_hz: float = 25.0
     stop_timeout: float = 0.3

@@ -349,8 +349,12 @@ class UR5Robot(ConfiguredDriver):
         self._latest, self._latest_values = state, values
         event, self._new_state = self._new_state, asyncio.Event()
         event.set()
-        if (self.config.auto_recover and not ready and self._recovery is None
-                and self._client is not None):
+        # A program stopped while the arm is fine (watchdog after a PC stall) is restarted
+        # from where the arm is; unlocking a protective stop is left to `auto_recover`.
+        restartable = (int(values["robot_mode"]) == 7 and int(values["safety_mode"]) in (1, 2)
+                       and int(values["runtime_state"]) != 2)
+        if (not ready and (self.config.auto_recover or restartable)
+                and self._recovery is None and self._client is not None):
             self._recovery = asyncio.create_task(self._recover(), name=f"{self.name}-recovery")
 
     async def _recover(self) -> None:
@@ -362,7 +366,7 @@ class UR5Robot(ConfiguredDriver):
         cfg = self.config
         try:
             values = self._latest_values or {}
-            if int(values.get("safety_mode", 1)) == 3:
+            if cfg.auto_recover and int(values.get("safety_mode", 1)) == 3:
                 log.warning("%s: protective stop; unlocking in %.1f s", self.name, cfg.unlock_wait)
                 async with DashboardClient(cfg.host, cfg.dashboard_port,
                                            timeout=cfg.connect_timeout) as dash:
