@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="busy-wait this long before each tick for lower jitter (default 0)",
     )
     p.add_argument(
+        "--vl-max-hz",
+        type=_non_negative,
+        metavar="HZ",
+        help="most VL encodes per second (default: the control rate; 0: unlimited)",
+    )
+    p.add_argument(
         "--no-uvloop",
         action="store_true",
         help="use asyncio's own loop even if uvloop is installed",
@@ -165,6 +171,7 @@ def _overlay(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
         ("device", "device"),
         ("spin_ms", "spin_ms"),
         ("status_interval", "status_interval"),
+        ("vl_max_hz", "vl_max_hz"),
     ):
         value = getattr(args, flag)
         if value is not None:

@@ -40,6 +40,7 @@ class RunConfig:
 
 _TOP = {
     "hz",
+    "vl_max_hz",
     "instruction",
     "duration",
     "stats_json",
@@ -131,6 +132,8 @@ def from_mapping(data: dict[str, Any], source: str = "config") -> RunConfig:
     for key in ("warmup_timeout", "stop_timeout"):
         if key in data:
             ctl[key] = _number(f"{source}: {key}", data[key])
+    if "vl_max_hz" in data:
+        ctl["vl_max_hz"] = _number(f"{source}: vl_max_hz", data["vl_max_hz"], positive=False)
     if "action_timeout_ms" in data:
         ctl["action_timeout"] = (
             _number(f"{source}: action_timeout_ms", data["action_timeout_ms"]) / 1e3

@@ -70,6 +70,10 @@ class ControllerConfig:
     max_consecutive_failures: int = 10
     #: Busy-wait this long before each deadline (real clock only).
     spin: float = 0.0
+    #: Most VL encodes per second (None: one per control period; 0: as fast
+    #: as the encoder goes). Features newer than the next tick are never
+    #: used, and a free-running encoder only steals CPU and GIL from it.
+    vl_max_hz: float | None = None
 
     def __post_init__(self) -> None:
         if not (
@@ -88,6 +92,15 @@ class ControllerConfig:
             raise ConfigError("max_consecutive_failures must be >= 1")
         if not (0 <= self.spin < 1.0 / self.hz):
             raise ConfigError(f"spin must be in [0, period), got {self.spin!r}")
+        if self.vl_max_hz is not None and not (
+            self.vl_max_hz >= 0 and math.isfinite(self.vl_max_hz)
+        ):
+            raise ConfigError(f"vl_max_hz must be >= 0 (0: unlimited), got {self.vl_max_hz!r}")
+
+    @property
+    def vl_min_interval(self) -> float:
+        rate = self.hz if self.vl_max_hz is None else self.vl_max_hz
+        return 1.0 / rate if rate > 0 else 0.0
 
     @property
     def period(self) -> float:
@@ -338,12 +351,17 @@ class Controller:
         """Encode the NEWEST frames, publish, repeat: never a queue of old frames."""
         seen: dict[str, int] = {}
         failures = 0
+        next_start = -math.inf
         while True:
+            pause = next_start - self._now()
+            if pause > 0:
+                await asyncio.sleep(pause)
             stamped = await self._wait_for_new_frames(seen)
             seen = {name: s.version for name, s in stamped.items()}
             frames = [s.value for s in stamped.values()]
             source_time = min(f.capture_time for f in frames)
             start = self._now()
+            next_start = start + self.config.vl_min_interval
             try:
                 feats = await self.executor.run(
                     Lane.VL, self.policy.encode_vl, frames, self.config.instruction

@@ -227,3 +227,14 @@ async def test_sensor_readings_reach_the_policy(controller_harness, virtual_cloc
     h = controller_harness(policy=Spy(), sensors=[FakeForceSensor()])
     await h.run(2)
     assert seen and all("ft" in s and s["ft"].values.shape == (6,) for s in seen[1:])
+
+
+async def test_a_fast_encoder_is_paced_to_the_control_rate(controller_harness, virtual_clock):
+    h = controller_harness(policy=FakePolicy(vl_latency=0.01))
+    s = await h.run(10)
+    # warm-up encodes plus one per control period, not one per camera frame
+    assert 95 <= s["vl_encodes"] <= 105
+    assert s["reuse"]["max"] == 1
+    free = controller_harness(policy=FakePolicy(vl_latency=0.01), vl_max_hz=0)
+    s = await free.run(10)
+    assert s["vl_encodes"] >= 250  # every new 30 fps frame
