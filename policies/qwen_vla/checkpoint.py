@@ -75,6 +75,8 @@ def resolve_vl_ref(config: VLAConfig, ckpt_dir: Path) -> str:
     inside = ckpt_dir / config.vl_model
     if not Path(config.vl_model).is_absolute() and inside.is_dir():
         return str(inside)
+    if config.vl_model == VL_DIR:
+        raise CheckpointError(f"checkpoint {ckpt_dir}: missing directory {VL_DIR}/ (the VL model)")
     return config.vl_model
 
 

@@ -123,6 +123,9 @@ class VLAConfig:
         if self.robot_state_enabled:
             if not self.state_inputs:
                 raise ValueError("robot_state_enabled needs at least one state input")
+            bad = [s for s in self.state_inputs if s not in ("positions", "velocities")]
+            if bad:
+                raise ValueError(f"state_inputs {bad} not accepted (accepted: positions, velocities)")
             if self.state_norm is not None and self.state_norm.dim != self.state_dim:
                 raise ValueError(
                     f"state_norm has {self.state_norm.dim} entries, state inputs have {self.state_dim}"

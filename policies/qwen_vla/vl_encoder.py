@@ -126,7 +126,7 @@ class VLEncoder:
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 ref, dtype=torch_dtype, **kwargs
             )
-        except OSError as exc:
+        except (OSError, ValueError, KeyError) as exc:
             raise PolicyConfigError(
                 f"VL model {ref!r} cannot be loaded: {exc}. A hub id must already be"
                 " downloaded (e.g. `hf download Qwen/Qwen2.5-VL-3B-Instruct`); nothing is"
