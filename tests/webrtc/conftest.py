@@ -6,8 +6,6 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest.importorskip("aiortc")
-
 from drivers.webrtc import ice
 
 
