@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,18 +46,29 @@ class Executor(Protocol):
     async def close(self) -> None: ...
 
 
-def resolve_device(requested: str) -> str:
+def default_cpu_threads() -> int:
+    """Torch intra-op threads per process on CPU: both lanes and the event loop share the cores.
+
+    With torch's default (one thread per core) a VL encode and an action
+    compete for every core and for the loop's; on a 2-core machine that took
+    VL p99 from ~80 ms to seconds. A quarter of the cores, at least one.
+    """
+    return max(1, (os.cpu_count() or 1) // 4)
+
+
+def resolve_device(requested: str, cpu_threads: int | None = None) -> str:
     """`auto` -> `cuda` when torch sees a GPU, else `cpu`; anything else is checked and kept."""
-    if requested == "cpu":
-        return "cpu"
     try:
         import torch
     except ImportError:
-        if requested == "auto":
+        if requested in ("auto", "cpu"):
             return "cpu"
         raise RuntimeError(f"device {requested!r} needs torch, which is not installed") from None
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        torch.set_num_threads(cpu_threads or default_cpu_threads())
+        return "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
             raise RuntimeError(f"device {requested!r} asked for, but torch sees no CUDA device")
@@ -70,8 +82,9 @@ class ComputeExecutor:
     # Lower number = higher priority in CUDA's stream priority range.
     _PRIORITY = {Lane.ACTION: -1, Lane.VL: 0}
 
-    def __init__(self, device: str = "auto") -> None:
+    def __init__(self, device: str = "auto", *, cpu_threads: int | None = None) -> None:
         self.requested = device
+        self.cpu_threads = cpu_threads
         self.device = "unresolved"
         self._pools: dict[Lane, ThreadPoolExecutor] = {}
         self._streams: dict[Lane, Any] = {}

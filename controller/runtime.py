@@ -267,8 +267,16 @@ class Controller:
                 waiting = "a first frame from every camera"
                 for slot in self.frames.values():
                     await slot.wait_newer(0)
+                for name, sslot in self.sensor_slots.items():
+                    waiting = f"a first reading of sensor {name}"
+                    await sslot.wait_newer(0)
+                # The first encode is often slow (lazy CUDA/oneDNN init); wait
+                # for features fresh enough to act on, so ACTIVE starts acting.
                 waiting = "a first VL encode"
                 feats = await self.features.wait_newer(0)
+                while feats.age(self._now()) > self.config.safety.max_feature_age:
+                    waiting = "VL features younger than max_feature_age"
+                    feats = await self.features.wait_newer(feats.version)
                 waiting = "a first action"
                 state = self.state.latest()
                 assert state is not None

@@ -238,3 +238,33 @@ async def test_a_fast_encoder_is_paced_to_the_control_rate(controller_harness, v
     free = controller_harness(policy=FakePolicy(vl_latency=0.01), vl_max_hz=0)
     s = await free.run(10)
     assert s["vl_encodes"] >= 250  # every new 30 fps frame
+
+
+async def test_a_slow_first_encode_does_not_start_with_stale_features(
+    controller_harness, virtual_clock
+):
+    class SlowStart(FakePolicy):
+        def encode_vl(self, frames, instruction):
+            if self.encodes == 0:
+                self.burn(2.0)  # lazy kernel init, like a first CUDA encode
+            return super().encode_vl(frames, instruction)
+
+    h = controller_harness(policy=SlowStart(vl_latency=0.3))
+    s = await h.run(5)
+    assert s["holds"] == {}
+    assert s["actions_sent"] == 50
+
+
+async def test_warmup_waits_for_every_sensor(controller_harness, virtual_clock):
+    from drivers.fake import FakeForceSensor
+
+    class Silent(FakeForceSensor):
+        async def readings(self):
+            await asyncio.Event().wait()
+            yield  # pragma: no cover
+
+    robot = FakeRobot(FakeRobotConfig())
+    h = controller_harness(robot=robot, sensors=[Silent()], warmup_timeout=3.0)
+    with pytest.raises(WarmupError, match="sensor ft"):
+        await h.run(5)
+    assert not robot.commands
