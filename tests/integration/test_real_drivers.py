@@ -65,7 +65,7 @@ async def test_controller_sees_a_whip_camera_fed_over_webrtc():
         )
         run = asyncio.create_task(ctl.run(3.0))
         async with asyncio.timeout(20):
-            while cam.server is None:
+            while cam.server is None:  # noqa: ASYNC110 - the server is set inside ctl.run()
                 await asyncio.sleep(0.05)
         async with WhipPublisher(cam.url, PaintedTrack(30)):
             s = await asyncio.wait_for(run, 60)
