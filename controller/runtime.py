@@ -53,6 +53,28 @@ class Phase(enum.Enum):
     FAILED = "failed"
 
 
+class _FailureStreak:
+    """Consecutive failures of one stage: tolerated (logged, counted) up to a limit, then fatal."""
+
+    def __init__(self, what: str, limit: int, telemetry: Telemetry) -> None:
+        self.what = what
+        self.limit = limit
+        self.telemetry = telemetry
+        self.count = 0
+
+    def failed(self, exc: Exception, kind: str) -> None:
+        self.count += 1
+        self.telemetry.error(kind)
+        if self.count >= self.limit:
+            raise PolicyError(
+                f"{self.what} failed {self.count} times in a row; last: {exc!r}"
+            ) from exc
+        log.warning("%s failed (%d in a row): %r", self.what, self.count, exc)
+
+    def succeeded(self) -> None:
+        self.count = 0
+
+
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
     hz: float = 10.0
@@ -358,7 +380,9 @@ class Controller:
     async def _vl_task(self) -> None:
         """Encode the NEWEST frames, publish, repeat: never a queue of old frames."""
         seen: dict[str, int] = {}
-        failures = 0
+        failures = _FailureStreak(
+            "VL encoding", self.config.max_consecutive_failures, self.telemetry
+        )
         next_start = -math.inf
         while True:
             pause = next_start - self._now()
@@ -375,16 +399,10 @@ class Controller:
                     Lane.VL, self.policy.encode_vl, frames, self.config.instruction
                 )
             except Exception as exc:
-                failures += 1
-                self.telemetry.error("vl_encode")
-                if failures >= self.config.max_consecutive_failures:
-                    raise PolicyError(
-                        f"VL encoding failed {failures} times in a row; last: {exc!r}"
-                    ) from exc
-                log.warning("VL encode failed (%d in a row): %r", failures, exc)
-                await asyncio.sleep(min(0.1 * 2**failures, 2.0))
+                failures.failed(exc, "vl_encode")
+                await asyncio.sleep(min(0.1 * 2**failures.count, 2.0))
                 continue
-            failures = 0
+            failures.succeeded()
             end = self._now()
             self.telemetry.vl_encoded(end - start, start - source_time)
             self.features.publish(feats, source_time, now=end)
@@ -404,13 +422,17 @@ class Controller:
     async def _control_task(self, start: float, until: float | None) -> None:
         assert self._safety is not None
         action_timeout = self.config.action_timeout or self.config.period
-        failures = 0
+        failures = _FailureStreak(
+            "action prediction", self.config.max_consecutive_failures, self.telemetry
+        )
         async for tick in self.scheduler.ticks(start=start, until=until):
             self.telemetry.tick(tick.lateness)
-            failures = await self._control_step(tick, action_timeout, failures)
+            await self._control_step(tick, action_timeout, failures)
         self.request_stop("duration elapsed")
 
-    async def _control_step(self, tick: Tick, action_timeout: float, failures: int) -> int:
+    async def _control_step(
+        self, tick: Tick, action_timeout: float, failures: _FailureStreak
+    ) -> None:
         assert self._safety is not None
         now = self._now()
         feats = self.features.latest()
@@ -418,7 +440,7 @@ class Controller:
         reason = self._safety.check_inputs(now, feats, state)
         if reason is not None:
             await self._hold(reason)
-            return failures
+            return
         assert feats is not None and state is not None
         t0 = self._now()
         try:
@@ -429,22 +451,17 @@ class Controller:
         except TimeoutError:
             self.telemetry.error("action_timeout")
             await self._hold("action_timeout")
-            return failures
+            return
         except Exception as exc:
-            failures += 1
-            self.telemetry.error("action")
-            if failures >= self.config.max_consecutive_failures:
-                raise PolicyError(
-                    f"action prediction failed {failures} times in a row; last: {exc!r}"
-                ) from exc
-            log.warning("action failed (%d in a row): %r", failures, exc)
+            failures.failed(exc, "action")
             await self._hold("action_error")
-            return failures
+            return
+        failures.succeeded()
         latency = self._now() - t0
         verdict = self._safety.filter_action(chunk, state.value)
         if not verdict.send:
             await self._hold(verdict.reason or "rejected")
-            return 0
+            return
         assert verdict.positions is not None
         self._seq += 1
         cmd = JointCommand(positions=verdict.positions, duration=self.config.period, seq=self._seq)
@@ -453,10 +470,10 @@ class Controller:
         except ConnectionLost:
             self.telemetry.error("command_connection_lost")
             await self._hold("robot_disconnected")
-            return 0
+            return
         except NotReady:
             await self._hold("robot_not_ready")
-            return 0
+            return
         if self._holding is not None:
             log.info("resuming after hold (%s)", self._holding)
             self._holding = None
@@ -474,7 +491,7 @@ class Controller:
                 clamped=verdict.clamped,
             )
         )
-        return 0
+        return
 
     async def _status_task(self) -> None:
         while True:
