@@ -19,10 +19,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Self
 
+from drivers.av_frames import Arrived, NewestFrame
 from drivers.base import ConfiguredDriver, Frame, TimeSource
 from drivers.errors import DriverConfigError
 from drivers.local.config import LocalCameraConfig
-from drivers.webrtc.newest import Arrived, NewestFrame
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drivers.webrtc.bench import run
+from controller.camera_bench import run
 
 
 async def test_bench_reports_latency_and_cpu() -> None:

@@ -8,7 +8,7 @@ processes). CPU per decoded frame is this process's CPU time (loop, aiortc's
 decoder thread, the pump) over the frames decoded; the painted times are read
 only after the run so that reading them does not count.
 
-    python -m drivers.webrtc.bench --seconds 10 --fps 30
+    python -m controller.camera_bench --seconds 10 --fps 30
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 
+from controller.slot import LatestValue
 from drivers.webrtc import ice
 from drivers.webrtc.paint import read_frame, unwrap
 from drivers.webrtc.whip import WhipCamera
@@ -34,14 +35,20 @@ def _cpu() -> float:
 
 
 async def run(seconds: float, fps: float, warmup: float) -> dict[str, float]:
-    from controller.slot import LatestValue
 
     loop = asyncio.get_running_loop()
     cam = WhipCamera.from_spec("127.0.0.1:0/bench", {"watchdog_s": 5.0})
     async with cam:
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "drivers.webrtc.publish", cam.url, "--fps", str(fps),
-            "--ice-address", "127.0.0.1", stderr=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "drivers.webrtc.publish",
+            cam.url,
+            "--fps",
+            str(fps),
+            "--ice-address",
+            "127.0.0.1",
+            stderr=asyncio.subprocess.DEVNULL,
         )
         try:
             slot = LatestValue("bench")
