@@ -21,7 +21,8 @@ from drivers.fake import FakeCamera, FakeRobot
 from policies.fake import FakePolicy
 
 
-async def test_controller_drives_the_simulated_ur5_over_rtde():
+@pytest.mark.parametrize("mode", ["servoj", "speedj"])
+async def test_controller_drives_the_simulated_ur5_over_rtde(mode):
     from drivers.ur.robot import UR5Robot
     from drivers.ur.sim import SimConfig, UrSimulator
     from tests.ur.conftest import next_host
@@ -29,7 +30,7 @@ async def test_controller_drives_the_simulated_ur5_over_rtde():
     host = next_host()
     async with UrSimulator(SimConfig(host=host)) as sim:
         start_q = sim.arm.q.copy()
-        robot = UR5Robot.from_spec("", {"host": host})
+        robot = UR5Robot.from_spec("", {"host": host, "control_mode": mode})
         ctl = Controller(
             ControllerConfig(status_interval=0),
             robot=robot,
