@@ -16,19 +16,12 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from drivers.base import ConfiguredDriver, JointCommand, JointLimits, RobotInfo, RobotState, now
+from drivers.arms import UR5_JOINTS, UR5_LIMITS
+from drivers.base import ConfiguredDriver, JointCommand, RobotInfo, RobotState, now
 from drivers.errors import ConnectionLost, NotReady
 from drivers.fake.config import FakeRobotConfig
 
 log = logging.getLogger(__name__)
-
-UR5_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3")
-#: UR5 (CB3) limits: +-360 deg on every joint, 180 deg/s on every joint.
-UR5_LIMITS = JointLimits(
-    lower=np.full(6, -2 * np.pi),
-    upper=np.full(6, 2 * np.pi),
-    max_velocity=np.full(6, np.pi),
-)
 
 
 class FakeRobot(ConfiguredDriver):

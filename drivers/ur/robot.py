@@ -18,10 +18,11 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from drivers.arms import UR5_JOINTS as JOINT_NAMES
+from drivers.arms import UR5_LIMITS
 from drivers.base import (
     ConfiguredDriver,
     JointCommand,
-    JointLimits,
     RobotInfo,
     RobotState,
     now,
@@ -33,14 +34,6 @@ from drivers.ur.dashboard import DashboardClient
 from drivers.ur.rtde_client import RtdeClient
 
 log = logging.getLogger(__name__)
-
-JOINT_NAMES = ("shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3")
-# UR5 (CB3 and e-Series): every joint +-360 deg; base/shoulder/elbow 180 deg/s, wrists 180 deg/s.
-UR5_LIMITS = JointLimits(
-    lower=np.full(6, -2 * math.pi),
-    upper=np.full(6, 2 * math.pi),
-    max_velocity=np.full(6, math.pi),
-)
 
 OUTPUTS = (
     "timestamp", "actual_q", "actual_qd", "target_q", "actual_TCP_pose", "actual_TCP_force",
