@@ -46,24 +46,24 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _positive(text: str) -> float:
+def _number(text: str, *, allow_zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value == float("inf"):
+        wanted = "a number >= 0" if allow_zero else "a positive number"
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return value
+
+
+def _positive(text: str) -> float:
+    return _number(text, allow_zero=False)
 
 
 def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+    return _number(text, allow_zero=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,20 @@ class WebRtcCameraBase:
         self._pump: TrackPump | None = None
         self._closed = False
 
+    async def __aexit__(self, *exc: object) -> None:
+        """Close once: stop owned tasks, let the subclass release its link, end `frames()`."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._close_tasks()
+            await self._release()
+        finally:
+            self.newest.close()
+
+    async def _release(self) -> None:
+        """Subclass hook: tear down the session and whatever the camera holds."""
+
     def frames(self) -> AsyncIterator[Frame]:
         """Newest frames as they arrive; silent while stale; ends when the camera closes."""
         return self.newest.frames()

@@ -56,12 +56,8 @@ class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
         self._spawn(self._supervise(), "supervisor")
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
         try:
-            await self._close_tasks()
             await self._teardown()
         finally:
             if self._http is not None:
@@ -69,7 +65,6 @@ class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
                 self._http = None
             if self.config.ice_addresses:
                 ice.uninstall()
-            self.newest.close()
 
     async def frames(self) -> AsyncIterator[Frame]:  # type: ignore[override]
         """Newest frames; silent while stale or reconnecting; raises a fatal error."""

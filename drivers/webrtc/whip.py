@@ -59,21 +59,14 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
         log.info("camera %s: waiting for a publisher at %s", self.name, self.url)
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._close_tasks()
-            server, self.server = self.server, None
-            if server is not None:
-                try:
-                    await server.unregister(self.name)
-                finally:
-                    await whip_server.release(server)
-            await self._stop_pump()
-        finally:
-            self.newest.close()
+    async def _release(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            try:
+                await server.unregister(self.name)
+            finally:
+                await whip_server.release(server)
+        await self._stop_pump()
 
     # ------------------------------------------------------- server callbacks
 
