@@ -2,15 +2,19 @@
 
 Frames are rendered lazily (only those the VL encoder reads are drawn, on its
 thread). `stall(seconds)` freezes the stream, the way a USB camera or a
-WebRTC link does, so tests can check that the controller holds.
+WebRTC link does, so tests can check that the controller holds;
+`clock_fault()` corrupts the reported capture times. The camera remembers
+when each frame was really captured (`true_capture_time(seq)`), the ground
+truth a test checks the controller's feature ages against.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 
@@ -34,6 +38,12 @@ def render(width: int, height: int, t: float, seq: int) -> np.ndarray:
     return img
 
 
+ClockFault = Literal["nan", "frozen", "ahead"]
+
+#: Frames remembered for `true_capture_time` (about 2 min at 30 fps).
+_TRUTH_KEPT = 4096
+
+
 class FakeCamera(ConfiguredDriver):
     kind: ClassVar[str] = "camera"
     Config = FakeCameraConfig
@@ -44,6 +54,9 @@ class FakeCamera(ConfiguredDriver):
         self.name = self.config.name
         self._stalled_until = -math.inf
         self.frames_sent = 0
+        self._clock_fault: ClockFault | None = None
+        self._frozen_at = math.nan
+        self._truth: OrderedDict[int, float] = OrderedDict()
 
     async def __aenter__(self) -> Self:
         return self
@@ -54,6 +67,25 @@ class FakeCamera(ConfiguredDriver):
     def stall(self, seconds: float) -> None:
         """No frames for `seconds` from now (controller clock)."""
         self._stalled_until = now() + seconds
+
+    def clock_fault(self, kind: ClockFault | None) -> None:
+        """Report NaN capture times, times frozen at now, or times 1 s in the future."""
+        self._clock_fault = kind
+        self._frozen_at = now()
+
+    def true_capture_time(self, seq: int) -> float | None:
+        """When frame `seq` was really captured (None: not a recent frame of this camera)."""
+        return self._truth.get(seq)
+
+    def _reported_time(self, capture: float) -> float:
+        match self._clock_fault:
+            case "nan":
+                return math.nan
+            case "frozen":
+                return self._frozen_at
+            case "ahead":
+                return capture + 1.0
+        return capture
 
     async def frames(self) -> AsyncIterator[Frame]:
         cfg = self.config
@@ -67,13 +99,17 @@ class FakeCamera(ConfiguredDriver):
             if capture < self._stalled_until:
                 continue
             seq = self.frames_sent
+            self._truth[seq] = capture
+            while len(self._truth) > _TRUTH_KEPT:
+                self._truth.popitem(last=False)
+            reported = self._reported_time(capture)
             if cfg.latency:
                 await asyncio.sleep(cfg.latency)
             self.frames_sent += 1
             yield Frame(
                 camera=self.name,
                 image=lambda t=capture, s=seq: render(cfg.width, cfg.height, t, s),
-                capture_time=capture,
+                capture_time=reported,
                 seq=seq,
                 time_source="synthetic",
                 size=(cfg.width, cfg.height),

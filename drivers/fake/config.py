@@ -23,12 +23,20 @@ class FakeRobotConfig:
     latency: float = 0.0
     #: Initial joint positions (rad); default: a UR5 "home" pose.
     initial: tuple[float, ...] = (0.0, -1.57, 1.57, -1.57, -1.57, 0.0)
+    #: Seconds `async with` takes to connect (to test stops requested while connecting).
+    connect_delay: float = 0.0
+    #: `stop()` never returns (a wedged link), to test that every exit is bounded.
+    stop_hangs: bool = False
 
     def __post_init__(self) -> None:
         _positive("rate_hz", self.rate_hz)
         _positive("time_constant", self.time_constant)
         if self.latency < 0:
             raise DriverConfigError(f"latency must be >= 0, got {self.latency!r}")
+        if not 0 <= self.connect_delay <= 3600:
+            raise DriverConfigError(
+                f"connect_delay must be within 0..3600 s, got {self.connect_delay!r}"
+            )
         if len(self.initial) != 6:
             raise DriverConfigError(f"initial must have 6 joint positions, got {len(self.initial)}")
 

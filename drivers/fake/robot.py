@@ -1,18 +1,27 @@
 """A fake UR5-like arm: first-order joint dynamics, a state stream, and injectable faults.
 
 Good enough to test the controller against: it refuses commands while
-"disconnected" (`ConnectionLost`) or protectively stopped (`NotReady`), stops
-streaming state while the link is down, delays state and commands by a
-configurable latency, and records every command and stop it receives.
+"disconnected" (`ConnectionLost`), protectively stopped or stopped by an
+operator (`NotReady`), stops streaming state while the link is down, delays
+state and commands by a configurable latency, and records every command and
+stop it receives.
+
+The faults mirror what a real link does wrong (NaN joint values, a device
+clock that is NaN, frozen or ahead of ours, a stop that never returns), and
+the arm keeps the ground truth (when each state it reported was really
+measured, and where the joints really are) so a test can check the
+controller's decisions against what actually happened, not against the
+controller's own bookkeeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import math
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 
@@ -22,6 +31,11 @@ from drivers.errors import ConnectionLost, NotReady
 from drivers.fake.config import FakeRobotConfig
 
 log = logging.getLogger(__name__)
+
+ClockFault = Literal["nan", "frozen", "ahead"]
+
+#: States remembered for `true_capture_time` (about 30 s at 125 Hz).
+_TRUTH_KEPT = 4096
 
 
 class FakeRobot(ConfiguredDriver):
@@ -40,14 +54,24 @@ class FakeRobot(ConfiguredDriver):
         self.connected = False
         self.link_up = True
         self.protective_stop = False
+        self.operator_stopped = False
         self.commands: deque[tuple[float, JointCommand]] = deque(maxlen=100_000)
         self.stops = 0
+        self.stop_times: list[float] = []
         self.holds = 0
         self._link_restored = asyncio.Event()
         self._link_restored.set()
+        self._nan_positions = False
+        self._clock_fault: ClockFault | None = None
+        self._frozen_at = math.nan
+        self._extra_latency = 0.0
+        # id(state) -> (state, true capture time); the state is kept so its id stays unique.
+        self._truth: OrderedDict[int, tuple[RobotState, float]] = OrderedDict()
 
     # -- lifecycle ---------------------------------------------------------
     async def __aenter__(self) -> Self:
+        if self.config.connect_delay:
+            await asyncio.sleep(self.config.connect_delay)
         self.connected = True
         self._t = now()
         return self
@@ -81,6 +105,18 @@ class FakeRobot(ConfiguredDriver):
     def target(self) -> np.ndarray:
         return self._target.copy()
 
+    @property
+    def ready(self) -> bool:
+        """Whether the arm would accept motion now (the ground truth, not a reported state)."""
+        return self.link_up and not (self.protective_stop or self.operator_stopped)
+
+    def true_capture_time(self, state: RobotState) -> float | None:
+        """When `state` was really measured (None: not a recent state of this arm)."""
+        entry = self._truth.get(id(state))
+        if entry is None or entry[0] is not state:
+            return None
+        return entry[1]
+
     # -- faults (for tests) ------------------------------------------------
     def disconnect(self) -> None:
         """Simulate a dropped link: no state, commands raise ConnectionLost."""
@@ -93,12 +129,51 @@ class FakeRobot(ConfiguredDriver):
 
     def trigger_protective_stop(self) -> None:
         """The arm halts where it is and refuses motion until cleared."""
-        self._advance(now())
+        self._halt()
         self.protective_stop = True
-        self._target = self._q.copy()
 
     def clear_protective_stop(self) -> None:
         self.protective_stop = False
+
+    def operator_stop(self) -> None:
+        """A person stopped the arm (pendant, dashboard): it refuses motion until they resume."""
+        self._halt()
+        self.operator_stopped = True
+
+    def operator_resume(self) -> None:
+        self.operator_stopped = False
+
+    def nan_positions(self, on: bool = True) -> None:
+        """Report NaN joint positions (a corrupted packet or a broken encoder reading)."""
+        self._nan_positions = on
+
+    def clock_fault(self, kind: ClockFault | None) -> None:
+        """Corrupt the reported capture times: NaN, frozen at the current time, or 1 s ahead."""
+        self._clock_fault = kind
+        self._frozen_at = now()
+
+    def set_latency(self, seconds: float) -> None:
+        """Deliver states (honestly stamped) `seconds` later than configured, from now on."""
+        self._extra_latency = max(0.0, float(seconds))
+
+    def _halt(self) -> None:
+        self._advance(now())
+        self._target = self._q.copy()
+
+    def _reported_time(self, capture: float) -> float:
+        match self._clock_fault:
+            case "nan":
+                return math.nan
+            case "frozen":
+                return self._frozen_at
+            case "ahead":
+                return capture + 1.0
+        return capture
+
+    def _remember(self, state: RobotState, capture: float) -> None:
+        self._truth[id(state)] = (state, capture)
+        while len(self._truth) > _TRUTH_KEPT:
+            self._truth.popitem(last=False)
 
     # -- driver interface --------------------------------------------------
     async def states(self) -> AsyncIterator[RobotState]:
@@ -114,16 +189,27 @@ class FakeRobot(ConfiguredDriver):
                 continue
             capture = now()
             self._advance(capture)
+            positions = self._q.copy()
+            if self._nan_positions:
+                positions[1] = math.nan
+            if self.protective_stop:
+                mode = "PROTECTIVE_STOP"
+            elif self.operator_stopped:
+                mode = "STOPPED by operator"
+            else:
+                mode = "RUNNING"
             state = RobotState(
-                positions=self._q.copy(),
+                positions=positions,
                 velocities=self._qd.copy(),
-                capture_time=capture,
-                ready=not self.protective_stop,
-                mode="PROTECTIVE_STOP" if self.protective_stop else "RUNNING",
+                capture_time=self._reported_time(capture),
+                ready=not (self.protective_stop or self.operator_stopped),
+                mode=mode,
                 time_source="synthetic",
             )
-            if self.config.latency:
-                await asyncio.sleep(self.config.latency)
+            self._remember(state, capture)
+            latency = self.config.latency + self._extra_latency
+            if latency:
+                await asyncio.sleep(latency)
                 if not self.link_up:
                     continue
             yield state
@@ -133,6 +219,8 @@ class FakeRobot(ConfiguredDriver):
             raise ConnectionLost(f"{self.name}: link down, command {cmd.seq} not sent")
         if self.protective_stop:
             raise NotReady(f"{self.name}: protective stop")
+        if self.operator_stopped:
+            raise NotReady(f"{self.name}: stopped by an operator")
         if len(cmd.positions) != 6:
             raise ValueError(f"{self.name}: expected 6 joint targets, got {len(cmd.positions)}")
         if self.config.latency:
@@ -145,10 +233,11 @@ class FakeRobot(ConfiguredDriver):
         if not self.connected or not self.link_up:
             raise ConnectionLost(f"{self.name}: link down, cannot hold")
         self.holds += 1
-        self._advance(now())
-        self._target = self._q.copy()
+        self._halt()
 
     async def stop(self) -> None:
         self.stops += 1
-        self._advance(now())
-        self._target = self._q.copy()
+        self.stop_times.append(now())
+        if self.config.stop_hangs:
+            await asyncio.Event().wait()  # a wedged link: the stop never arrives
+        self._halt()
