@@ -1,21 +1,30 @@
 """WHIP camera: a publisher (browser, phone, camera) pushes video to us.
 
 The camera registers its name on the shared WHIP server for its host:port
-(`whip_server.acquire`). One publisher at a time: a new session replaces the
-previous one, so a browser that reloads its page takes over at once. If no
-frame arrives for `watchdog_s`, the camera is stale and the session is torn
-down; the publisher must POST again (the publish page retries on its own).
+(`whip_server.acquire`). One publisher at a time, and the one feeding the
+controller keeps the camera: a new session is a *candidate* whose frames go
+nowhere until its peer has connected (ICE and DTLS up) and a first frame was
+decoded. Only then is it admitted, and only if no other publisher is live or
+its POST was authorised to take over (`allow_takeover` and the token). A
+publisher that merely POSTs an offer, or connects and sends nothing, never
+displaces the live one. A live publisher that goes stale (no frame for
+`watchdog_s`, or its peer failed or closed) stops counting as live, and its
+session is torn down; the publisher must POST again (the publish page
+retries on its own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
+from drivers.av_frames import NewestFrame
 from drivers.base import ConfiguredDriver
 from drivers.webrtc import whip_server
 from drivers.webrtc.base import WebRtcCameraBase
+from drivers.webrtc.newest import TrackPump
+from drivers.webrtc.rtcp_clock import RtcpClock
 from drivers.webrtc.whip_config import WhipCameraConfig
 from drivers.webrtc.whip_server import WhipServer, WhipSession
 
@@ -32,10 +41,16 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
         self.host, self.port, name = config.parts()
         super().__init__(name)
         self.watchdog_s = config.watchdog_s
+        self.allow_takeover = config.allow_takeover
+        self.connect_timeout_s = config.connect_timeout_s
         self.server: WhipServer | None = None
         self.session: WhipSession | None = None
         self._session_started = 0.0
         self.sessions_started = 0
+        #: sessions offered but not admitted yet, each with its own pump and mailbox
+        self._candidates: dict[WhipSession, TrackPump] = {}
+        #: candidates that connected but were refused because another publisher was live
+        self.refused_candidates = 0
 
     @property
     def url(self) -> str:
@@ -46,8 +61,14 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
     async def __aenter__(self) -> Self:
         c = self.config
         self.server = await whip_server.acquire(
-            self.host, self.port, token=c.token, auth=c.auth,
-            ice_servers=c.ice_servers, ice_addresses=c.ice_addresses,
+            self.host,
+            self.port,
+            token=c.token,
+            auth=c.auth,
+            token_file=c.token_file,
+            allowed_hosts=c.allowed_hosts,
+            ice_servers=c.ice_servers,
+            ice_addresses=c.ice_addresses,
         )
         try:
             self.server.register(self.name, self)
@@ -66,25 +87,99 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
                 await server.unregister(self.name)
             finally:
                 await whip_server.release(server)
+        candidates, self._candidates = list(self._candidates.values()), {}
+        await asyncio.gather(*(p.close() for p in candidates), return_exceptions=True)
         await self._stop_pump()
 
     # ------------------------------------------------------- server callbacks
 
-    def session_started(self, session: WhipSession, track: Any, receiver: Any) -> None:
-        old, self.session = self.session, session
-        if old is not None and old is not session and self.server is not None:
-            log.info("camera %s: new publisher replaces session %s", self.name, old.id[:8])
-            self._spawn(self.server.end_session(old), "replace")
-        self._session_started = asyncio.get_running_loop().time()
-        self.sessions_started += 1
-        self._start_pump(track, receiver, self.config.sender_clock)
+    def live_session(self) -> WhipSession | None:
+        """The session feeding us, if it is live: not closed, peer not failed, frames fresh.
+
+        A stale session does not block a new publisher (the watchdog is about
+        to close it anyway).
+        """
+        s = self.session
+        if s is None or s.closed or s.pc is None:
+            return None
+        if s.pc.connectionState in ("failed", "closed"):
+            return None
+        age = self.frame_age(asyncio.get_running_loop().time())
+        if age is None or age > self.watchdog_s:
+            return None
+        return s
+
+    def session_offered(self, session: WhipSession) -> None:
+        """Receive the candidate's frames into its own mailbox until it is admitted."""
+        box = NewestFrame(self.name)
+        clock = RtcpClock(session.receiver, sender_clock=self.config.sender_clock)
+        pump = TrackPump(session.track, box, clock.stamp)
+        pump.clock = clock  # type: ignore[attr-defined]
+        pump.start()
+        self._candidates[session] = pump
+        self._spawn(self._admit(session, pump), f"admit-{session.id[:8]}")
 
     def session_ended(self, session: WhipSession) -> None:
+        pump = self._candidates.pop(session, None)
+        if pump is not None and not self._closed:
+            self._spawn(pump.close(), "candidate-close")
         if session is self.session:
             self.session = None
             if not self._closed:
                 self._spawn(self._stop_pump(), "pump-stop")
             self._set_stale(True, "publisher gone")
+
+    async def _admit(self, session: WhipSession, pump: TrackPump) -> None:
+        """Admit `session` once its peer connected and a frame was decoded.
+
+        No timeout here: the server closes a session that stays pending past
+        `connect_timeout_s`, which ends the pump and so this wait.
+        """
+        first = asyncio.ensure_future(pump.first_frame.wait())
+        ended = asyncio.ensure_future(pump.ended.wait())
+        try:
+            await asyncio.wait((first, ended), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            first.cancel()
+            ended.cancel()
+        if session.closed or not pump.first_frame.is_set() or self.server is None:
+            return
+        if session.pc.connectionState != "connected":
+            return  # a frame implies DTLS is up; anything else is not a connected peer
+        live = self.live_session()
+        if live is not None and not session.takeover:
+            # another publisher became live while this one was connecting
+            self.refused_candidates += 1
+            log.warning(
+                "camera %s: session %s connected but session %s is live; closing the new one",
+                self.name,
+                session.id[:8],
+                live.id[:8],
+            )
+            await self.server.end_session(session)
+            return
+        self._promote(session, pump)
+
+    def _promote(self, session: WhipSession, pump: TrackPump) -> None:
+        """Make `session` the camera's source; only now does the old one go."""
+        self._candidates.pop(session, None)
+        session.live = True
+        old, self.session = self.session, session
+        old_pump, self._pump = self._pump, pump
+        first = pump.sink.newest
+        pump.sink = self.newest
+        if first is not None:
+            self.newest.put(first)
+        self._session_started = asyncio.get_running_loop().time()
+        self.sessions_started += 1
+        log.info("camera %s: publisher %s connected (session %s)",
+                 self.name, session.client, session.id[:8])
+        if old_pump is not None:
+            self._spawn(old_pump.close(), "pump-close")
+        if old is not None and not old.closed and self.server is not None:
+            log.info("camera %s: session %s replaces session %s",
+                     self.name, session.id[:8], old.id[:8])
+            self._spawn(self.server.end_session(old), "replace")
 
     # ------------------------------------------------------- liveness
 

@@ -137,7 +137,11 @@ async def test_http_errors_never_disturb_a_running_session() -> None:
 
 
 async def test_token_required_beyond_loopback_and_checked() -> None:
-    assert whip_server.resolve_token("0.0.0.0", None, None)  # generated
+    # beyond loopback a token must be configured: none is made up and logged
+    with pytest.raises(DriverConfigError, match="needs a bearer token"):
+        whip_server.resolve_token("0.0.0.0", None, None)
+    with pytest.raises(DriverConfigError, match="token_file"):
+        whip("0.0.0.0:0/front")
     assert whip_server.resolve_token("127.0.0.1", None, None) is None
     assert whip_server.resolve_token("0.0.0.0", None, False) is None
     cam = whip(token="s3cret")
@@ -170,10 +174,10 @@ async def test_cameras_share_one_server_per_host_port() -> None:
 
 
 def test_config_parsing() -> None:
-    assert whip("0.0.0.0:8080/front").config.parts() == ("0.0.0.0", 8080, "front")
+    assert whip("0.0.0.0:8080/front", token="t").config.parts() == ("0.0.0.0", 8080, "front")
     assert whip("front").config.parts() == ("127.0.0.1", 8080, "front")
-    assert whip("10.0.0.5:9000/whip/wrist").name == "wrist"
-    assert whip("0.0.0.0:8080/front", name="cam1").name == "cam1"
+    assert whip("10.0.0.5:9000/whip/wrist", auth=False).name == "wrist"
+    assert whip("0.0.0.0:8080/front", name="cam1", token_file="/tmp/t").name == "cam1"
     with pytest.raises(DriverConfigError, match="port"):
         whip("host:http/front")
     with pytest.raises(DriverConfigError, match="camera name"):

@@ -1,0 +1,221 @@
+"""Measure what a flood of WHIP offers costs the process that runs the camera.
+
+A WHIP camera runs in this process with a live publisher (a child process
+painting 30 fps) and a 10 Hz ticker standing in for the control loop; a
+second child POSTs the same valid offer `--offers` times in a row, as a
+hostile local process would. Reported: HTTP statuses, open file descriptors
+and RSS before, right after and `--settle` s after the flood, the longest
+stall of this process's event loop and the 10 Hz ticks that were late by more
+than half a period, the CPU this process spent per offer, and whether the
+live publisher kept its session.
+
+    python -m tests.webrtc.whip_flood --offers 500
+
+The flood client is a child so that its own aiortc work is not counted; each
+server-side offer creates a peer connection (UDP sockets, a DTLS certificate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import logging
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def make_offer(direction: str = "sendonly") -> str:
+    """A complete, valid video offer (the peer is closed afterwards).
+
+    `sendonly` is what a publisher sends; `sendrecv` and `recvonly` offers are
+    accepted by the server's SDP checks too and must not leak either.
+    """
+    from aiortc import RTCPeerConnection
+
+    from drivers.webrtc import ice
+    from drivers.webrtc.paint import PaintedTrack
+
+    pc = RTCPeerConnection(ice.rtc_configuration())
+    if direction == "recvonly":
+        pc.addTransceiver("video", direction="recvonly")
+    else:
+        pc.addTransceiver(PaintedTrack(30), direction=direction)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = str(pc.localDescription.sdp)
+    await pc.close()
+    return sdp
+
+
+async def flood(
+    url: str, offers: int, headers: dict[str, str] | None = None, direction: str = "sendonly"
+) -> dict[str, int]:
+    """POST the same offer `offers` times in a row; a histogram of the statuses."""
+    import aiohttp
+
+    offer = await make_offer(direction)
+    statuses: collections.Counter[str] = collections.Counter()
+    h = {"Content-Type": "application/sdp", **(headers or {})}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(offers):
+            try:
+                async with http.post(url, data=offer, headers=h) as resp:
+                    await resp.read()
+                    statuses[str(resp.status)] += 1
+            except aiohttp.ClientError as exc:
+                statuses[type(exc).__name__] += 1
+    return dict(statuses)
+
+
+async def _client(url: str, offers: int, direction: str) -> None:
+    from drivers.webrtc import ice
+
+    with ice.host_addresses(["127.0.0.1"]):
+        print(json.dumps(await flood(url, offers, direction=direction)), flush=True)
+
+
+async def _measure(offers: int, settle: float, direction: str) -> dict[str, Any]:
+    from drivers.webrtc.whip import WhipCamera
+
+    loop = asyncio.get_running_loop()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path.cwd()), str(ROOT)]))
+    cam = WhipCamera.from_spec("127.0.0.1:0/front", {"watchdog_s": 2.0})
+    stalls: list[float] = []
+    late_ticks = 0
+
+    async def ticker() -> None:
+        nonlocal late_ticks
+        period, nxt = 0.1, loop.time()
+        while True:
+            nxt += period
+            await asyncio.sleep(max(0.0, nxt - loop.time()))
+            if loop.time() - nxt > period / 2:
+                late_ticks += 1
+
+    async def stall_probe() -> None:
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.001)
+            stalls.append(loop.time() - t - 0.001)
+
+    async with cam:
+        pub = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "drivers.webrtc.publish",
+            cam.url,
+            "--fps",
+            "30",
+            "--ice-address",
+            "127.0.0.1",
+            stderr=asyncio.subprocess.DEVNULL,
+            env=env,
+        )
+        try:
+            for _ in range(300):
+                if cam.newest.seq > 30:
+                    break
+                await asyncio.sleep(0.1)
+            live = cam.session
+            await asyncio.sleep(1.0)
+            fds0, rss0 = open_fds(), rss_mb()
+            tasks = [loop.create_task(ticker()), loop.create_task(stall_probe())]
+            stalls.clear()
+            late_ticks = 0
+            cpu0, t0 = cpu_s(), loop.time()
+            client = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.webrtc.whip_flood",
+                "--client",
+                cam.url,
+                "--offers",
+                str(offers),
+                "--direction",
+                direction,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            out, _ = await client.communicate()
+            cpu1, t1 = cpu_s(), loop.time()
+            flood_stalls, flood_late = list(stalls), late_ticks
+            fds1, rss1 = open_fds(), rss_mb()
+            await asyncio.sleep(settle)
+            fds2, rss2 = open_fds(), rss_mb()
+            for t in tasks:
+                t.cancel()
+            kept = cam.session is live and live is not None
+            seq = cam.newest.seq
+            await asyncio.sleep(0.5)
+            frames_after = cam.newest.seq - seq
+        finally:
+            pub.terminate()
+            await pub.wait()
+    flood_stalls.sort()
+    return {
+        "offers": offers,
+        "direction": direction,
+        "statuses": json.loads(out.decode() or "{}"),
+        "flood_s": round(t1 - t0, 2),
+        "fds": {"before": fds0, "after_flood": fds1, f"after_{settle:g}s": fds2},
+        "rss_mb": {
+            "before": round(rss0, 1),
+            "after_flood": round(rss1, 1),
+            f"after_{settle:g}s": round(rss2, 1),
+        },
+        "server_cpu_ms_per_offer": round(1000 * (cpu1 - cpu0) / offers, 2),
+        "loop_stall_ms": {
+            "p50": round(1000 * flood_stalls[len(flood_stalls) // 2], 2) if flood_stalls else 0,
+            "p99": round(1000 * flood_stalls[int(len(flood_stalls) * 0.99)], 2)
+            if flood_stalls
+            else 0,
+            "max": round(1000 * flood_stalls[-1], 2) if flood_stalls else 0,
+        },
+        "late_10hz_ticks": flood_late,
+        "live_publisher_kept_session": kept,
+        "frames_in_0.5s_after": frames_after,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--offers", type=int, default=500)
+    p.add_argument("--settle", type=float, default=12.0)
+    p.add_argument("--direction", choices=("sendonly", "sendrecv", "recvonly"), default="sendonly")
+    p.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    if args.client:
+        asyncio.run(_client(args.client, args.offers, args.direction))
+        return
+    from drivers.webrtc import ice
+
+    with ice.host_addresses(["127.0.0.1"]):
+        result = asyncio.run(_measure(args.offers, args.settle, args.direction))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
