@@ -4,6 +4,7 @@
                                    [--device cuda|cpu] [--iters N] [--warmup N]
                                    [--action-seconds 20] [--action-hz 100]
                                    [--compile-backend inductor] [--compile-max-s S]
+                                   [--skip vl|action|compile ...]
 
 Why one script with a budget: a GPU machine is lent for a few minutes, once.
 Everything it does is bounded by `--budget-s` (rows that no longer fit are
@@ -293,6 +294,8 @@ def machine_info(device: str) -> dict[str, Any]:
         "numpy": _version("numpy"),
         "pillow": _version("pillow"),
         "requests": _version("requests"),
+        # torch.compile's inductor/Triton build launchers with a C compiler.
+        "c_compiler": shutil.which("cc") or shutil.which("gcc"),
         "device": device,
     }
     if device.startswith("cuda"):
@@ -641,6 +644,8 @@ def time_vl(
     feats = None
     t_row = time.monotonic()
     truncated = False
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     for i in range(warmup + iters):
         sync(device)
         t0 = time.perf_counter()
@@ -752,9 +757,13 @@ def _summary(row: dict[str, Any]) -> str:
 
 
 def _free_cuda(device: str) -> None:
+    """Give cached GPU memory back (a failed row's, or the model's before the compile child)."""
     if device.startswith("cuda"):
+        import gc
+
         import torch
 
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -1015,6 +1024,7 @@ async def process_lane(
                 if not proc.is_alive()
                 else f"the VL worker process was not ready after {wait_s:.0f} s"
             )
+            proc.terminate()  # still building: no grace period to wait out
             worker = _drain(queue)
             exc: BaseException = RuntimeError(why + _worker_error(worker))
             for head, name in zip(HEADS, names, strict=True):
@@ -1060,9 +1070,10 @@ async def process_lane(
         await asyncio.to_thread(_stop_process, proc)
 
 
-def _drain(queue: Any) -> dict[str, Any]:
+def _drain(queue: Any, timeout: float = 2.0) -> dict[str, Any]:
+    """The worker's report if it sent one (it may still be in the pipe as it exits)."""
     try:
-        return queue.get_nowait()
+        return queue.get(timeout=timeout)
     except Exception:
         return {}
 
@@ -1128,9 +1139,8 @@ def vl_worker_main(spec: dict[str, Any], ready: Any, stop: Any, queue: Any) -> N
                 ready.set()
                 continue  # the first encode is a warm-up
             spans.append((t, time.monotonic()))
-    except BaseException as exc:  # report, never hang the parent
+    except BaseException as exc:  # report; `ready` stays unset, so the parent sees it die
         result["error"] = f"{type(exc).__name__}: {exc}"
-        ready.set()
     result["spans"] = spans
     queue.put(result)
 

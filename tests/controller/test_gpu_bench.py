@@ -35,9 +35,32 @@ def _bench_cmd(out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+#: The GPU machine has none of these: the benchmark (and its children) must not import them.
+_BLOCKER = """
+import sys
+
+BLOCKED = ("aiortc", "uvloop", "av", "aiohttp", "drivers.webrtc", "drivers.ur", "drivers.local")
+
+
+class _Deny:
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+            raise ModuleNotFoundError(f"not on the GPU machine: {name}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _Deny())
+"""
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
+    """The benchmark's environment: packages absent from the GPU machine made unimportable."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir(exist_ok=True)
+    (blocker / "sitecustomize.py").write_text(_BLOCKER)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    paths = [str(blocker), str(ROOT), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env["VLA_CONTROLLER_CACHE"] = str(tmp_path / "outer-cache")  # must stay untouched
     env["HF_HUB_OFFLINE"] = "1"
     return env
@@ -45,11 +68,14 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def test_cpu_run_records_every_row_and_writes_the_table(tmp_path):
     out = tmp_path / "bench"
+    env = _env(tmp_path)
+    blocked = subprocess.run([sys.executable, "-c", "import aiortc"], env=env, capture_output=True)
+    assert blocked.returncode != 0  # the blocker is in force for the run below
     # A 1 s cap on the compile subprocess: it is killed mid-way, which is the
     # path a slow compile takes on the GPU machine; its rows must say so.
     proc = subprocess.run(
         _bench_cmd(out, "--compile-max-s", "1"),
-        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=180,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "gpu_bench.json").read_text())
