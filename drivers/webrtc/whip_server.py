@@ -193,6 +193,10 @@ class WhipServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # The first peer connection imports aiortc's codecs and initialises
+        # OpenSSL: ~130 ms that would otherwise stall the loop on the first
+        # offer, possibly mid-run. Pay it here, off the loop, while connecting.
+        await asyncio.to_thread(_preload_aiortc)
         self._rate = RateLimiter(self.limits.post_burst, self.limits.post_per_s, loop.time)
         app = web.Application(client_max_size=self.limits.max_body, middlewares=[self._guard])
         app.router.add_get("/", self._page)
@@ -536,6 +540,15 @@ class WhipServer:
             return self._fail(404, "unknown session")
         await self.end_session(session)
         return web.Response(status=200)
+
+
+def _preload_aiortc() -> None:
+    """Import what negotiation needs and make one DTLS certificate (warms OpenSSL up)."""
+    from aiortc import RTCPeerConnection  # noqa: F401
+    from aiortc.codecs import h264, vpx  # noqa: F401
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    RTCCertificate.generateCertificate()
 
 
 def _first_mid(pc: Any) -> str | None:

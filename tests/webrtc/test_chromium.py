@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from drivers.registry import create
-from tests.webrtc.chromium import chromium, log_tail, missing_reason
+from tests.webrtc.chromium import chromium, evaluate, log_tail, missing_reason
 from tests.webrtc.helpers import eventually, slot_fed_by
 
 pytestmark = [
@@ -17,17 +17,30 @@ pytestmark = [
 
 
 async def test_chromium_publishes_to_whip_camera_frames_reach_the_slot() -> None:
+    """The token is typed into the page's password field; one in the URL is ignored."""
     loop = asyncio.get_running_loop()
     cam = create("camera", "whip://127.0.0.1:0/front", {"token": "t0ken", "watchdog_s": 3.0})
     async with cam, slot_fed_by(cam) as slot:
+        server = cam.server
         page = cam.url.replace("/whip/front", "/publish?name=front&token=t0ken&auto=1")
         async with chromium(page) as proc:
             try:
+                # the page publishes at once (auto=1) but without the URL's token
+                await eventually(lambda: server.refused[401] >= 1, 40, "a POST refused with 401")
+                assert cam.newest.seq == 0 and not server.sessions
+                assert "token" not in await evaluate(proc, "location.href")
+                await evaluate(
+                    proc,
+                    "document.getElementById('token').value = 't0ken';"
+                    "document.getElementById('start').click(); true",
+                )
                 await eventually(lambda: slot.version >= 10, 40, "frames from Chromium")
                 await eventually(
                     lambda: slot.latest() is not None
                     and slot.latest().value.time_source == "rtcp",
-                    10, "a frame stamped from an RTCP sender report")
+                    10,
+                    "a frame stamped from an RTCP sender report",
+                )
             except AssertionError as exc:
                 raise AssertionError(f"{exc}; Chromium log tail:\n{log_tail(proc)}") from None
             stamped = slot.latest()

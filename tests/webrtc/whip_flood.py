@@ -96,8 +96,20 @@ async def _client(url: str, offers: int, direction: str) -> None:
         print(json.dumps(await flood(url, offers, direction=direction)), flush=True)
 
 
-async def _measure(offers: int, settle: float, direction: str) -> dict[str, Any]:
+async def _measure(
+    offers: int, settle: float, direction: str, publisher: bool, no_limits: bool
+) -> dict[str, Any]:
     from drivers.webrtc.whip import WhipCamera
+
+    if no_limits:  # to measure what one accepted offer costs the loop
+        try:
+            from drivers.webrtc import whip_server
+
+            whip_server.LIMITS = whip_server.Limits(
+                post_burst=10**6, pending_per_camera=10**6, pending_total=10**6
+            )
+        except AttributeError:  # a server without limits
+            pass
 
     loop = asyncio.get_running_loop()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path.cwd()), str(ROOT)]))
@@ -120,21 +132,15 @@ async def _measure(offers: int, settle: float, direction: str) -> dict[str, Any]
             await asyncio.sleep(0.001)
             stalls.append(loop.time() - t - 0.001)
 
+    publish = [sys.executable, "-m", "drivers.webrtc.publish", cam.url, "--fps", "30"]
     async with cam:
         pub = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "drivers.webrtc.publish",
-            cam.url,
-            "--fps",
-            "30",
-            "--ice-address",
-            "127.0.0.1",
+            *([*publish, "--ice-address", "127.0.0.1"] if publisher else ["true"]),
             stderr=asyncio.subprocess.DEVNULL,
             env=env,
         )
         try:
-            for _ in range(300):
+            for _ in range(300 if publisher else 0):
                 if cam.newest.seq > 30:
                     break
                 await asyncio.sleep(0.1)
@@ -171,12 +177,15 @@ async def _measure(offers: int, settle: float, direction: str) -> dict[str, Any]
             await asyncio.sleep(0.5)
             frames_after = cam.newest.seq - seq
         finally:
-            pub.terminate()
+            if pub.returncode is None:
+                pub.terminate()
             await pub.wait()
     flood_stalls.sort()
     return {
         "offers": offers,
         "direction": direction,
+        "live_publisher": publisher,
+        "limits": not no_limits,
         "statuses": json.loads(out.decode() or "{}"),
         "flood_s": round(t1 - t0, 2),
         "fds": {"before": fds0, "after_flood": fds1, f"after_{settle:g}s": fds2},
@@ -204,6 +213,8 @@ def main() -> None:
     p.add_argument("--offers", type=int, default=500)
     p.add_argument("--settle", type=float, default=12.0)
     p.add_argument("--direction", choices=("sendonly", "sendrecv", "recvonly"), default="sendonly")
+    p.add_argument("--no-publisher", action="store_true", help="flood a camera nobody feeds")
+    p.add_argument("--no-limits", action="store_true", help="lift the session and rate limits")
     p.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -213,7 +224,11 @@ def main() -> None:
     from drivers.webrtc import ice
 
     with ice.host_addresses(["127.0.0.1"]):
-        result = asyncio.run(_measure(args.offers, args.settle, args.direction))
+        result = asyncio.run(
+            _measure(
+                args.offers, args.settle, args.direction, not args.no_publisher, args.no_limits
+            )
+        )
     print(json.dumps(result, indent=2))
 
 
