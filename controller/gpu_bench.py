@@ -51,6 +51,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import traceback
@@ -294,8 +295,10 @@ def machine_info(device: str) -> dict[str, Any]:
         "numpy": _version("numpy"),
         "pillow": _version("pillow"),
         "requests": _version("requests"),
-        # torch.compile's inductor/Triton build launchers with a C compiler.
+        # torch.compile's inductor/Triton build their launchers with a C compiler
+        # against Python.h: without either the compile rows fail, and this says why.
         "c_compiler": shutil.which("cc") or shutil.which("gcc"),
+        "python_headers": Path(sysconfig.get_paths()["include"], "Python.h").is_file(),
         "device": device,
     }
     if device.startswith("cuda"):
@@ -1516,7 +1519,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (an outer `timeout`) must run the finally below: children ended,
     # results written. Both process-wide settings are put back on the way out.
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
-    previous_cache = os.environ.get("VLA_CONTROLLER_CACHE")
+    previous_env = {k: os.environ.get(k) for k in ("VLA_CONTROLLER_CACHE", "HF_HUB_OFFLINE")}
+    # Nothing is ever downloaded (the GPU machine has no network: a connect
+    # attempt would only burn budget until it timed out).
+    os.environ["HF_HUB_OFFLINE"] = "1"
     results = Results(out, budget, list(argv if argv is not None else sys.argv[1:]))
     cache = tempfile.mkdtemp(prefix="gpu-bench-cache-")
     os.environ["VLA_CONTROLLER_CACHE"] = cache  # the tiny builder writes here; children inherit it
@@ -1553,10 +1559,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
         results.write()
         shutil.rmtree(cache, ignore_errors=True)
-        if previous_cache is None:
-            os.environ.pop("VLA_CONTROLLER_CACHE", None)
-        else:
-            os.environ["VLA_CONTROLLER_CACHE"] = previous_cache
+        for key, value in previous_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         signal.signal(signal.SIGTERM, previous_sigterm)
         log(budget, f"results: {results.json_path} and {results.md_path}")
 

@@ -206,23 +206,29 @@ def test_sigterm_mid_run_ends_the_worker_and_keeps_the_rows_so_far(tmp_path):
     assert "| flow | thread |" in (out / "gpu_bench.md").read_text()
 
 
-def test_3b_config_builds_the_published_architecture():
-    """Qwen2.5-VL-3B-Instruct's shapes, read back through the installed transformers."""
+def test_3b_config_builds_the_published_architecture(tmp_path):
+    """Qwen2.5-VL-3B-Instruct's shapes, read back through the installed transformers, with
+    the special token ids of the tokenizer the run really uses (the tiny default's)."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    ids = {
-        "image_token_id": 5, "video_token_id": 6, "vision_start_token_id": 3,
-        "vision_end_token_id": 4, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 0,
-    }  # fmt: skip
-    config = gpu_bench.qwen25_vl_3b_config(ids)
-    assert gpu_bench.check_3b_config(config) == {}
-    assert config.image_token_id == 5 and config.text_config.eos_token_id == 2
+    from policies.qwen_vla.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+    from policies.qwen_vla.tiny_default import tiny_model_dir
+
+    tiny = tiny_model_dir(tmp_path, min_pixels=DEFAULT_MIN_PIXELS, max_pixels=DEFAULT_MAX_PIXELS)
+    tokenizer = AutoProcessor.from_pretrained(tiny).tokenizer
+    notes: list[str] = []
+    config = gpu_bench.build_config("3b", tiny, tokenizer, notes)
+    assert notes == [] and gpu_bench.check_3b_config(config) == {}
+    assert config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert config.vision_end_token_id == tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    assert config.text_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
     with torch.device("meta"):  # shapes only: no memory, no time
         model = Qwen2_5_VLForConditionalGeneration._from_config(
             config, dtype=torch.bfloat16, attn_implementation="sdpa"
         )
     assert sum(p.numel() for p in model.parameters()) == gpu_bench.QWEN25_VL_3B_PARAMS
+    assert max(gpu_bench.token_ids(tokenizer).values()) < config.text_config.vocab_size
 
 
 def test_a_shape_field_that_does_not_read_back_is_refused():
