@@ -17,7 +17,7 @@ import contextlib
 import enum
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from controller.errors import ConfigError, PolicyError, WarmupError
 from controller.executor import Executor, Lane
-from controller.safety import SafetyConfig, SafetyFilter
+from controller.safety import HoldReason, SafetyConfig, SafetyFilter
 from controller.scheduler import PeriodicScheduler, Tick
 from controller.slot import LatestValue, Stamped
 from controller.telemetry import ActionRecord, Telemetry
@@ -38,7 +38,7 @@ from drivers.base import (
     SensorDriver,
     SensorReading,
 )
-from drivers.errors import ConnectionLost, DriverError, NotReady
+from drivers.errors import ConnectionLost, NotReady
 from policies.base import Policy
 
 log = logging.getLogger("controller")
@@ -75,17 +75,36 @@ class _FailureStreak:
         self.count = 0
 
 
+def _seconds(name: str, value: Any, low: float, high: float, *, zero_ok: bool = False) -> None:
+    """Refuse a duration outside its sane range: huge or tiny values switch interlocks off."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and ((zero_ok and value == 0) or low <= value <= high)
+    )
+    if not ok:
+        zero = "0 or " if zero_ok else ""
+        raise ConfigError(f"{name} must be {zero}a number in [{low:g}, {high:g}], got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
+    """Settings of one run. Every number has a range: none can switch a safeguard off."""
+
     hz: float = 10.0
     instruction: str = "pick up the red cube and place it in the bowl"
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     #: Seconds allowed for the warm-up (first inputs, one encode, one action).
     warmup_timeout: float = 30.0
-    #: Seconds `robot.stop()` may take before the controller gives up waiting.
+    #: Seconds `robot.stop()`, and each driver's exit, may take before the controller
+    #: gives up waiting and goes on shutting down.
     stop_timeout: float = 2.0
     #: Seconds an action may take before the tick holds instead (default: one period).
     action_timeout: float | None = None
+    #: Seconds `robot.command()` / `robot.hold()` may take (default: half a period);
+    #: a command that does not return in time counts as a lost link.
+    command_timeout: float | None = None
     #: Seconds between status log lines (0: none).
     status_interval: float = 5.0
     #: Consecutive VL-encode / action failures after which the run fails.
@@ -98,26 +117,31 @@ class ControllerConfig:
     vl_max_hz: float | None = None
 
     def __post_init__(self) -> None:
+        _seconds("hz", self.hz, 1.0, 1000.0)
+        if not isinstance(self.instruction, str):
+            raise ConfigError(f"instruction must be a string, got {self.instruction!r}")
+        _seconds("warmup_timeout", self.warmup_timeout, 0.01, 600.0)
+        _seconds("stop_timeout", self.stop_timeout, 0.01, 30.0)
+        if self.action_timeout is not None:
+            _seconds("action_timeout", self.action_timeout, 0.0001, 10.0)
+        if self.command_timeout is not None:
+            _seconds("command_timeout", self.command_timeout, 0.0001, 10.0)
+        _seconds("status_interval", self.status_interval, 0.1, 3600.0, zero_ok=True)
         if not (
-            isinstance(self.hz, (int, float)) and math.isfinite(self.hz) and 0 < self.hz <= 1000
+            isinstance(self.max_consecutive_failures, int)
+            and not isinstance(self.max_consecutive_failures, bool)
+            and 1 <= self.max_consecutive_failures <= 10_000
         ):
-            raise ConfigError(f"hz must be a number in (0, 1000], got {self.hz!r}")
-        for name in ("warmup_timeout", "stop_timeout"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise ConfigError(f"{name} must be a positive number of seconds, got {v!r}")
-        if self.action_timeout is not None and not self.action_timeout > 0:
-            raise ConfigError(f"action_timeout must be positive, got {self.action_timeout!r}")
-        if self.status_interval < 0:
-            raise ConfigError(f"status_interval must be >= 0, got {self.status_interval!r}")
-        if self.max_consecutive_failures < 1:
-            raise ConfigError("max_consecutive_failures must be >= 1")
-        if not (0 <= self.spin < 1.0 / self.hz):
+            raise ConfigError(
+                "max_consecutive_failures must be an integer in [1, 10000],"
+                f" got {self.max_consecutive_failures!r}"
+            )
+        if not (
+            isinstance(self.spin, (int, float)) and 0 <= self.spin < 1.0 / self.hz
+        ) or isinstance(self.spin, bool):
             raise ConfigError(f"spin must be in [0, period), got {self.spin!r}")
-        if self.vl_max_hz is not None and not (
-            self.vl_max_hz >= 0 and math.isfinite(self.vl_max_hz)
-        ):
-            raise ConfigError(f"vl_max_hz must be >= 0 (0: unlimited), got {self.vl_max_hz!r}")
+        if self.vl_max_hz is not None:
+            _seconds("vl_max_hz", self.vl_max_hz, 0.1, 1000.0, zero_ok=True)
 
     @property
     def vl_min_interval(self) -> float:
@@ -169,8 +193,13 @@ class Controller:
         )
         self._stop_requested = asyncio.Event()
         self._stop_reason = ""
+        self._run_task: asyncio.Task[Any] | None = None
+        #: Callbacks `(event, time, detail)` for "phase" changes and "tick" starts
+        #: (the test harness's invariant checker listens here).
+        self.observers: list[Callable[[str, float, Any], None]] = []
+        self._cancelled_for_stop = False
         self._safety: SafetyFilter | None = None
-        self._holding: str | None = None
+        self._holding: HoldReason | None = None
         self._seq = 0
         self.robot_stops = 0
 
@@ -179,13 +208,32 @@ class Controller:
         if phase is not self.phase:
             log.info("phase %s -> %s", self.phase.value, phase.value)
             self.phase = phase
+            self._notify("phase", phase)
+
+    def _notify(self, event: str, detail: Any) -> None:
+        for observer in self.observers:
+            observer(event, self._now(), detail)
 
     def request_stop(self, reason: str = "requested") -> None:
-        """Ask a running controller to stop (signal handlers call this); safe from any callback."""
-        if not self._stop_requested.is_set():
-            self._stop_reason = reason
-            log.info("stop requested: %s", reason)
-            self._stop_requested.set()
+        """Ask the controller to stop, in any phase; safe from any callback on the loop.
+
+        While connecting or loading (which can take many seconds) the phase
+        is cancelled at once; once warming up or active, the run winds down
+        through its normal path. Either way the robot is stopped.
+        """
+        if self._stop_requested.is_set():
+            return
+        self._stop_reason = reason
+        log.info("stop requested: %s (while %s)", reason, self.phase.value)
+        self._stop_requested.set()
+        task = self._run_task
+        if self.phase is Phase.CONFIGURING and task is not None and not task.done():
+            self._cancelled_for_stop = True
+            task.cancel(f"stop requested: {reason}")
+
+    @property
+    def stop_reason(self) -> str:
+        return self._stop_reason
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -194,37 +242,125 @@ class Controller:
         """Connect, warm up, control until `duration` elapses or a stop is requested.
 
         Returns the telemetry summary. Raises whatever ended the run
-        abnormally, after the robot has been stopped.
+        abnormally, after the robot has been stopped. Every step on the way
+        out (the robot stop, each driver's exit, the executor's close) is
+        bounded by `stop_timeout`, so a wedged driver cannot hang the exit.
         """
-        if duration is not None and not duration > 0:
-            raise ConfigError(f"duration must be positive, got {duration!r}")
+        if duration is not None and not (
+            isinstance(duration, (int, float)) and 0 < duration <= 1e7
+        ):
+            raise ConfigError(f"duration must be a number of seconds in (0, 1e7], got {duration!r}")
+        self._run_task = asyncio.current_task()
+        robot_touched = False
         try:
             async with contextlib.AsyncExitStack() as stack:
-                await self.executor.start()
-                stack.push_async_callback(self.executor.close)
-                await stack.enter_async_context(self.robot)
                 try:
-                    for cam in self.cameras:
-                        await stack.enter_async_context(cam)
-                    for sensor in self.sensors:
-                        await stack.enter_async_context(sensor)
-                    info = self.robot.info
-                    self._safety = SafetyFilter(self.config.safety, info.limits, self.config.period)
-                    await self.executor.run(
-                        Lane.VL, self.policy.load, self.executor.device, info, self.config.period
-                    )
-                    await self._supervise(duration)
+                    try:
+                        await self.executor.start()
+                        stack.push_async_callback(
+                            self._bounded, "executor close", self.executor.close
+                        )
+                        robot_touched = True  # from here on, every exit stops the robot
+                        await self._enter(stack, self.robot, "robot")
+                        for cam in self.cameras:
+                            await self._enter(stack, cam, f"camera {cam.name}")
+                        for sensor in self.sensors:
+                            await self._enter(stack, sensor, f"sensor {sensor.name}")
+                        info = self.robot.info
+                        self._safety = SafetyFilter(
+                            self.config.safety, info.limits, self.config.period
+                        )
+                        await self.executor.run(
+                            Lane.VL,
+                            self.policy.load,
+                            self.executor.device,
+                            info,
+                            self.config.period,
+                        )
+                    except asyncio.CancelledError:
+                        if not self._take_stop_cancellation():
+                            raise
+                        log.info("stopped while %s", self.phase.value)
+                    else:
+                        await self._supervise(duration)
                 finally:
                     # First thing on the way out, before cameras and links close.
-                    await self._stop_robot()
+                    if robot_touched:
+                        await self._stop_robot()
         except BaseException:
             self._set_phase(Phase.FAILED)
             raise
         finally:
+            self._run_task = None
             if self.telemetry.started is not None and self.telemetry.ended is None:
                 self.telemetry.ended = self._now()
         self._set_phase(Phase.STOPPED)
         return self.telemetry.summary()
+
+    def _take_stop_cancellation(self) -> bool:
+        """True when the CancelledError being handled is our own early stop (then absorbed)."""
+        task = asyncio.current_task()
+        if not self._cancelled_for_stop or task is None:
+            return False
+        self._cancelled_for_stop = False
+        # Only our cancel() is pending: absorb it. Anyone else's still propagates.
+        return task.uncancel() == 0
+
+    async def _enter(self, stack: contextlib.AsyncExitStack, driver: Any, what: str) -> None:
+        """Connect a driver and register its bounded exit.
+
+        A driver whose `__aenter__` raises (or is cancelled by a stop) must
+        release what it took itself, as for any context manager.
+        """
+        await driver.__aenter__()
+        stack.push_async_callback(self._bounded, f"{what} exit", driver.__aexit__, None, None, None)
+
+    async def _bounded(self, what: str, fn: Any, *args: Any) -> None:
+        """Await `fn(*args)` for at most `stop_timeout`; a failure or a hang is logged, not raised.
+
+        The shutdown goes on either way: a camera that cannot close must not
+        keep the process (and the operator) waiting forever.
+        """
+        task = asyncio.ensure_future(fn(*args))
+        try:
+            await self._await_bounded(task)
+        except TimeoutError:
+            self.telemetry.error("exit_timeout")
+            log.error("%s did not finish within %.1f s; going on", what, self.config.stop_timeout)
+            task.cancel()
+        except Exception as exc:
+            self.telemetry.error("exit_error")
+            log.error("%s failed: %s: %s", what, type(exc).__name__, exc)
+
+    async def _await_bounded(self, task: asyncio.Future[Any]) -> Any:
+        """Wait for `task` up to `stop_timeout`, even through cancellations of our own task.
+
+        A second Ctrl-C cancels the caller while the arm is being stopped;
+        the stop must still get its time, so the cancellation is held back
+        until the task finishes or the bound runs out, then re-raised.
+        """
+        deadline = self._now() + self.config.stop_timeout
+        cancelled = False
+        try:
+            while True:
+                remaining = deadline - self._now()
+                if remaining <= 0:
+                    raise TimeoutError
+                try:
+                    async with asyncio.timeout(remaining):
+                        return await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    if task.done():
+                        raise  # the task itself was cancelled
+                    cancelled = True
+                    current = asyncio.current_task()
+                    if current is not None:
+                        current.uncancel()
+        finally:
+            if cancelled:
+                current = asyncio.current_task()
+                if current is not None:
+                    current.cancel()
 
     async def _supervise(self, duration: float | None) -> None:
         try:
@@ -272,20 +408,26 @@ class Controller:
         self.robot_stops += 1
         stop = asyncio.ensure_future(self.robot.stop())
         try:
-            async with asyncio.timeout(self.config.stop_timeout):
-                await asyncio.shield(stop)
+            await self._await_bounded(stop)
         except TimeoutError:
+            self.telemetry.error("robot_stop_timeout")
             log.error("robot.stop() did not return within %.1f s", self.config.stop_timeout)
-        except DriverError as exc:
-            log.error("robot.stop() failed: %s", exc)
+        except Exception as exc:
+            self.telemetry.error("robot_stop_error")
+            log.error("robot.stop() failed: %s: %s", type(exc).__name__, exc)
 
     # -- warm-up -----------------------------------------------------------
     async def _warmup(self) -> None:
         """Nothing moves before one encode and one action have completed."""
-        waiting = "first robot state"
+        waiting = "a first robot state"
+        assert self._safety is not None
+        safety = self._safety
         try:
             async with asyncio.timeout(self.config.warmup_timeout):
-                await self.state.wait_newer(0)
+                stamped = await self.state.wait_newer(0)
+                while (why := self._state_unusable(stamped)) is not None:
+                    waiting = f"a valid, fresh robot state (the last one: {why})"
+                    stamped = await self.state.wait_newer(stamped.version)
                 waiting = "a first frame from every camera"
                 for slot in self.frames.values():
                     await slot.wait_newer(0)
@@ -296,8 +438,8 @@ class Controller:
                 # for features fresh enough to act on, so ACTIVE starts acting.
                 waiting = "a first VL encode"
                 feats = await self.features.wait_newer(0)
-                while feats.age(self._now()) > self.config.safety.max_feature_age:
-                    waiting = "VL features younger than max_feature_age"
+                while not feats.age(self._now()) <= self.config.safety.max_feature_age:
+                    waiting = "VL features younger than max_feature_age, with valid capture times"
                     feats = await self.features.wait_newer(feats.version)
                 waiting = "a first action"
                 state = self.state.latest()
@@ -305,9 +447,8 @@ class Controller:
                 chunk = await self.executor.run(
                     Lane.ACTION, self.policy.act, feats.value, state.value, self._sensor_values()
                 )
-                assert self._safety is not None
-                verdict = self._safety.filter_action(chunk, state.value)
-                if verdict.reason in ("action_malformed", "action_not_finite"):
+                verdict = safety.filter_action(chunk, state.value)
+                if verdict.reason in (HoldReason.ACTION_MALFORMED, HoldReason.ACTION_NOT_FINITE):
                     raise WarmupError(
                         f"the policy's first action is unusable ({verdict.reason}): {np.asarray(chunk)!r:.200}"
                     )
@@ -316,6 +457,20 @@ class Controller:
                 f"warm-up timed out after {self.config.warmup_timeout} s waiting for {waiting}"
             ) from None
         log.info("warm-up done: state, frames, features and one action are ready")
+
+    def _state_unusable(self, stamped: Stamped[RobotState]) -> str | None:
+        """Why this state cannot be acted on (stale, bad clock, implausible), or None.
+
+        Readiness is not asked for here: an arm may start stopped and be
+        enabled later, and the control task holds until it is.
+        """
+        assert self._safety is not None
+        reason = self._safety.check_inputs(self._now(), None, stamped)
+        if reason in (None, HoldReason.ROBOT_NOT_READY, HoldReason.NO_FEATURES):
+            return None
+        if reason is HoldReason.STATE_INVALID:
+            return self._safety.state_problem(stamped.value)
+        return reason.value
 
     # -- sensing -----------------------------------------------------------
     async def _stream(self, what: str, stream_factory: Any, publish: Any) -> None:
@@ -391,7 +546,10 @@ class Controller:
             stamped = await self._wait_for_new_frames(seen)
             seen = {name: s.version for name, s in stamped.items()}
             frames = [s.value for s in stamped.values()]
-            source_time = min(f.capture_time for f in frames)
+            # The oldest input decides the age; a frame whose capture time is
+            # not a number makes the features' age unknown, i.e. stale.
+            times = [f.capture_time for f in frames]
+            source_time = min(times) if all(math.isfinite(t) for t in times) else math.nan
             start = self._now()
             next_start = start + self.config.vl_min_interval
             try:
@@ -408,16 +566,36 @@ class Controller:
             self.features.publish(feats, source_time, now=end)
 
     # -- control -----------------------------------------------------------
-    async def _hold(self, reason: str) -> None:
+    def _hold_detail(self, reason: HoldReason) -> str:
+        """What an operator needs next to a hold reason: the robot's mode, the bad value."""
+        latest = self.state.latest()
+        if latest is None:
+            return ""
+        if reason is HoldReason.ROBOT_NOT_READY:
+            return f" ({latest.value.mode})"
+        if reason is HoldReason.STATE_INVALID and self._safety is not None:
+            return f" ({self._safety.state_problem(latest.value)})"
+        return ""
+
+    async def _hold(self, reason: HoldReason) -> None:
         new_episode = self._holding is None
-        self.telemetry.hold(reason, new_episode=new_episode)
+        self.telemetry.hold(reason.value, new_episode=new_episode)
+        if reason is not self._holding:
+            log.warning("holding: %s%s", reason.value, self._hold_detail(reason))
+        self._holding = reason
         if new_episode:
-            log.warning("holding: %s", reason)
-            self._holding = reason
             try:
-                await self.robot.hold()
+                async with asyncio.timeout(self._command_timeout):
+                    await self.robot.hold()
+            except TimeoutError:
+                self.telemetry.error("hold_timeout")
+                log.warning("robot.hold() did not return within %.3f s", self._command_timeout)
             except (ConnectionLost, NotReady) as exc:
-                log.warning("robot.hold() failed while holding for %s: %s", reason, exc)
+                log.warning("robot.hold() failed while holding for %s: %s", reason.value, exc)
+
+    @property
+    def _command_timeout(self) -> float:
+        return self.config.command_timeout or 0.5 * self.config.period
 
     async def _control_task(self, start: float, until: float | None) -> None:
         assert self._safety is not None
@@ -427,6 +605,8 @@ class Controller:
         )
         async for tick in self.scheduler.ticks(start=start, until=until):
             self.telemetry.tick(tick.lateness)
+            if self.observers:
+                self._notify("tick", tick)
             await self._control_step(tick, action_timeout, failures)
         self.request_stop("duration elapsed")
 
@@ -437,45 +617,52 @@ class Controller:
         now = self._now()
         feats = self.features.latest()
         state = self.state.latest()
-        reason = self._safety.check_inputs(now, feats, state)
+        sensors = {name: slot.latest() for name, slot in self.sensor_slots.items()}
+        reason = self._safety.check_inputs(now, feats, state, sensors)
         if reason is not None:
             await self._hold(reason)
             return
         assert feats is not None and state is not None
+        sensor_values = {name: st.value for name, st in sensors.items() if st is not None}
         t0 = self._now()
         try:
             async with asyncio.timeout(action_timeout):
                 chunk = await self.executor.run(
-                    Lane.ACTION, self.policy.act, feats.value, state.value, self._sensor_values()
+                    Lane.ACTION, self.policy.act, feats.value, state.value, sensor_values
                 )
         except TimeoutError:
             self.telemetry.error("action_timeout")
-            await self._hold("action_timeout")
+            await self._hold(HoldReason.ACTION_TIMEOUT)
             return
         except Exception as exc:
             failures.failed(exc, "action")
-            await self._hold("action_error")
+            await self._hold(HoldReason.ACTION_ERROR)
             return
         failures.succeeded()
         latency = self._now() - t0
         verdict = self._safety.filter_action(chunk, state.value)
         if not verdict.send:
-            await self._hold(verdict.reason or "rejected")
+            await self._hold(verdict.reason or HoldReason.ACTION_MALFORMED)
             return
         assert verdict.positions is not None
         self._seq += 1
         cmd = JointCommand(positions=verdict.positions, duration=self.config.period, seq=self._seq)
         try:
-            await self.robot.command(cmd)
+            async with asyncio.timeout(self._command_timeout):
+                await self.robot.command(cmd)
+        except TimeoutError:
+            self.telemetry.error("command_timeout")
+            await self._hold(HoldReason.ROBOT_DISCONNECTED)
+            return
         except ConnectionLost:
             self.telemetry.error("command_connection_lost")
-            await self._hold("robot_disconnected")
+            await self._hold(HoldReason.ROBOT_DISCONNECTED)
             return
         except NotReady:
-            await self._hold("robot_not_ready")
+            await self._hold(HoldReason.ROBOT_NOT_READY)
             return
         if self._holding is not None:
-            log.info("resuming after hold (%s)", self._holding)
+            log.info("resuming after hold (%s)", self._holding.value)
             self._holding = None
         reuse = self.telemetry.feature_used(feats.version)
         self.telemetry.action(
@@ -491,7 +678,6 @@ class Controller:
                 clamped=verdict.clamped,
             )
         )
-        return
 
     async def _status_task(self) -> None:
         while True:

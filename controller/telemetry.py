@@ -121,7 +121,8 @@ class Telemetry:
     def vl_encoded(self, latency: float, frame_age: float) -> None:
         self.vl_encodes += 1
         self.vl_latency.add(latency)
-        self.vl_frame_age.add(frame_age)
+        if math.isfinite(frame_age):  # a frame with a broken clock has no age to report
+            self.vl_frame_age.add(frame_age)
 
     def action(self, record: ActionRecord) -> None:
         self.actions_sent += 1

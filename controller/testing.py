@@ -9,7 +9,10 @@ test:
   deadline is hit exactly (trio's autojump clock, for asyncio);
 * `fake_robot`, `fake_camera`, `fake_policy`, `sim_executor` fixtures;
 * `controller_harness`: builds a `Controller` from fakes (or your own drivers)
-  and runs it for N virtual seconds, returning the summary.
+  and runs it for N virtual seconds, returning the summary; every run is
+  checked against the invariants of `controller.invariants` (no command from
+  stale inputs, none before warm-up, one per tick at most, `robot.stop()` on
+  every exit path).
 
 Outside pytest, `controller.clock.run_virtual(main)` runs any coroutine on
 virtual time.
@@ -18,133 +21,18 @@ virtual time.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from controller.clock import VirtualClock, VirtualTimeLoop
-from controller.executor import Lane
-from controller.runtime import Controller, ControllerConfig
-from drivers.base import CameraDriver, RobotDriver, SensorDriver
+from controller.harness import ControllerHarness, SimulatedExecutor
 from drivers.fake import FakeCamera, FakeRobot
 from drivers.fake.config import FakeCameraConfig, FakeRobotConfig
-from policies.base import Policy
 from policies.fake import FakePolicy
 
-T = TypeVar("T")
-
-_job_cost: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
-    "_job_cost", default=None
-)
-
-
-class SimulatedExecutor:
-    """An executor whose jobs cost virtual time, for tests on the virtual clock.
-
-    Each lane runs one job at a time, like the real worker threads; a job runs
-    inline (fakes are cheap) and then occupies its lane for the seconds it
-    `charge()`d, so a 300 ms fake encode blocks the VL lane, and only it, for
-    300 virtual ms.
-    """
-
-    def __init__(self, device: str = "sim") -> None:
-        self.device = device
-        self._locks = {lane: asyncio.Lock() for lane in Lane}
-        self.jobs = {lane: 0 for lane in Lane}
-        self.closed = False
-
-    def charge(self, seconds: float) -> None:
-        """Called by a fake model from inside a job: this job takes `seconds` more."""
-        cost = _job_cost.get()
-        if cost is None:
-            raise RuntimeError("SimulatedExecutor.charge() called outside a job")
-        cost.append(seconds)
-
-    async def start(self) -> str:
-        return self.device
-
-    async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T:
-        if self.closed:
-            raise RuntimeError("executor closed")
-        async with self._locks[lane]:
-            self.jobs[lane] += 1
-            cost: list[float] = []
-            token = _job_cost.set(cost)
-            try:
-                result = fn(*args)
-            except Exception:
-                await asyncio.sleep(sum(cost))
-                raise
-            finally:
-                _job_cost.reset(token)
-            await asyncio.sleep(sum(cost))
-            return result
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-class ControllerHarness:
-    """Builds a controller from fakes (any part replaceable) and runs it on the current loop."""
-
-    def __init__(
-        self,
-        *,
-        robot: RobotDriver | None = None,
-        cameras: Sequence[CameraDriver] | None = None,
-        policy: Policy | None = None,
-        sensors: Sequence[SensorDriver] = (),
-        executor: Any | None = None,
-        **config: Any,
-    ) -> None:
-        self.executor = executor or SimulatedExecutor()
-        self.robot = robot or FakeRobot(FakeRobotConfig())
-        self.cameras = list(cameras) if cameras is not None else [FakeCamera(FakeCameraConfig())]
-        self.policy = policy or FakePolicy()
-        if isinstance(self.executor, SimulatedExecutor) and isinstance(self.policy, FakePolicy):
-            self.policy.burn = self.executor.charge
-        config.setdefault("status_interval", 0)
-        self.config = ControllerConfig(**config)
-        self.controller = Controller(
-            self.config,
-            robot=self.robot,
-            cameras=self.cameras,
-            policy=self.policy,
-            executor=self.executor,
-            sensors=sensors,
-        )
-        self.task: asyncio.Task[dict[str, Any]] | None = None
-
-    @property
-    def telemetry(self) -> Any:
-        return self.controller.telemetry
-
-    async def run(self, duration: float) -> dict[str, Any]:
-        """Run to completion for `duration` seconds of control; returns the summary."""
-        return await self.controller.run(duration)
-
-    def start(self, duration: float | None = None) -> asyncio.Task[dict[str, Any]]:
-        """Run in the background; `await harness.until_active()` before poking the fakes."""
-        self.task = asyncio.create_task(self.controller.run(duration), name="controller")
-        return self.task
-
-    async def until_active(self) -> None:
-        """Wait until the controller is ACTIVE (wrap in `asyncio.timeout` to bound it)."""
-        from controller.runtime import Phase
-
-        while self.controller.phase is not Phase.ACTIVE:
-            if self.task is not None and self.task.done():
-                self.task.result()
-                raise RuntimeError("controller ended before becoming active")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> dict[str, Any]:
-        self.controller.request_stop("harness")
-        assert self.task is not None
-        return await self.task
-
+__all__ = ["ControllerHarness", "SimulatedExecutor"]
 
 # -- pytest plugin ------------------------------------------------------------
 
@@ -217,3 +105,6 @@ async def controller_harness() -> Any:
                 await h.task
             except (asyncio.CancelledError, Exception):
                 pass
+    for h in made:
+        if h.task is not None:
+            h.check()  # a run a test left unfinished is still held to the invariants

@@ -1,0 +1,168 @@
+"""The test harness without pytest: a simulated executor and a controller built from fakes.
+
+`ControllerHarness` builds a `Controller` from the fakes (any part
+replaceable by your own driver or policy), runs it on the current loop
+(virtual time under the pytest plugin, `controller.clock.run_virtual`
+elsewhere) and checks the invariants of `controller.invariants` on every
+run: a harness test fails if the controller sent a command it must not
+have, whatever the test itself asserts. `controller.testing` wraps this in
+pytest fixtures; the fault matrix and the soak use it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from controller.executor import Lane
+from controller.invariants import InvariantChecker, instrument
+from controller.runtime import Controller, ControllerConfig
+from drivers.base import CameraDriver, RobotDriver, SensorDriver
+from drivers.fake import FakeCamera, FakeRobot
+from drivers.fake.config import FakeCameraConfig, FakeRobotConfig
+from policies.base import Policy
+from policies.fake import FakePolicy
+
+T = TypeVar("T")
+
+_job_cost: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "_job_cost", default=None
+)
+
+
+class SimulatedExecutor:
+    """An executor whose jobs cost virtual time, for tests on the virtual clock.
+
+    Each lane runs one job at a time, like the real worker threads; a job runs
+    inline (fakes are cheap) and then occupies its lane for the seconds it
+    `charge()`d, so a 300 ms fake encode blocks the VL lane, and only it, for
+    300 virtual ms.
+    """
+
+    def __init__(self, device: str = "sim") -> None:
+        self.device = device
+        self._locks = {lane: asyncio.Lock() for lane in Lane}
+        self.jobs = {lane: 0 for lane in Lane}
+        self.closed = False
+
+    def charge(self, seconds: float) -> None:
+        """Called by a fake model from inside a job: this job takes `seconds` more."""
+        cost = _job_cost.get()
+        if cost is None:
+            raise RuntimeError("SimulatedExecutor.charge() called outside a job")
+        cost.append(seconds)
+
+    async def start(self) -> str:
+        return self.device
+
+    async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T:
+        if self.closed:
+            raise RuntimeError("executor closed")
+        async with self._locks[lane]:
+            self.jobs[lane] += 1
+            cost: list[float] = []
+            token = _job_cost.set(cost)
+            try:
+                result = fn(*args)
+            except Exception:
+                await asyncio.sleep(sum(cost))
+                raise
+            finally:
+                _job_cost.reset(token)
+            await asyncio.sleep(sum(cost))
+            return result
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class ControllerHarness:
+    """Builds a controller from fakes (any part replaceable) and runs it on the current loop."""
+
+    def __init__(
+        self,
+        *,
+        robot: RobotDriver | None = None,
+        cameras: Sequence[CameraDriver] | None = None,
+        policy: Policy | None = None,
+        sensors: Sequence[SensorDriver] = (),
+        executor: Any | None = None,
+        check_invariants: bool = True,
+        **config: Any,
+    ) -> None:
+        self.executor = executor or SimulatedExecutor()
+        self.robot = robot or FakeRobot(FakeRobotConfig())
+        self.cameras = list(cameras) if cameras is not None else [FakeCamera(FakeCameraConfig())]
+        self.policy = policy or FakePolicy()
+        if isinstance(self.executor, SimulatedExecutor) and isinstance(self.policy, FakePolicy):
+            self.policy.burn = self.executor.charge
+        config.setdefault("status_interval", 0)
+        self.config = ControllerConfig(**config)
+        self.sensors = list(sensors)
+        self.controller = Controller(
+            self.config,
+            robot=self.robot,
+            cameras=self.cameras,
+            policy=self.policy,
+            executor=self.executor,
+            sensors=self.sensors,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Judges every command against the fakes' ground truth (see controller.invariants).
+        self.checker: InvariantChecker | None = (
+            instrument(self.controller, self.cameras, self._clock) if check_invariants else None
+        )
+        self._checked = False
+        self.task: asyncio.Task[dict[str, Any]] | None = None
+
+    def _clock(self) -> float:
+        assert self._loop is not None, "the harness clock is read before the run started"
+        return self._loop.time()
+
+    def check(self) -> None:
+        """Assert the invariants of the finished run (done by `run()` and `stop()` already)."""
+        if self.checker is None or self._checked:
+            return
+        self._checked = True
+        self.checker.finished()
+        self.checker.assert_ok()
+
+    async def _run_checked(self, duration: float | None) -> dict[str, Any]:
+        self._loop = asyncio.get_running_loop()
+        try:
+            return await self.controller.run(duration)
+        finally:
+            self.check()
+
+    @property
+    def telemetry(self) -> Any:
+        return self.controller.telemetry
+
+    async def run(self, duration: float) -> dict[str, Any]:
+        """Run to completion for `duration` seconds of control; returns the summary.
+
+        Raises AssertionError if the run broke an invariant.
+        """
+        return await self._run_checked(duration)
+
+    def start(self, duration: float | None = None) -> asyncio.Task[dict[str, Any]]:
+        """Run in the background; `await harness.until_active()` before poking the fakes."""
+        self.task = asyncio.create_task(self._run_checked(duration), name="controller")
+        return self.task
+
+    async def until_active(self) -> None:
+        """Wait until the controller is ACTIVE (wrap in `asyncio.timeout` to bound it)."""
+        from controller.runtime import Phase
+
+        while self.controller.phase is not Phase.ACTIVE:
+            if self.task is not None and self.task.done():
+                self.task.result()
+                raise RuntimeError("controller ended before becoming active")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> dict[str, Any]:
+        self.controller.request_stop("harness")
+        assert self.task is not None
+        return await self.task
