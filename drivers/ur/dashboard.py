@@ -1,4 +1,9 @@
-"""Dashboard server client (port 29999): one text line per command, one line per reply."""
+"""Dashboard server client (port 29999): one text line per command, one line per reply.
+
+Replies are read with a bound on their length: the peer is a network service,
+and an endless line must become a clear `ProtocolError`, never an exception
+from deep inside asyncio that ends the caller's task.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 
-from drivers.errors import ConnectionLost, DriverError
+from drivers.errors import ConnectionLost, DriverError, ProtocolError
 
 log = logging.getLogger(__name__)
 
 DASHBOARD_PORT = 29999
 UNLOCK_DELAY = 5.0  # UR refuses to unlock a protective stop sooner than this
+#: Longest reply line accepted; real replies are well under 200 bytes.
+MAX_LINE = 4096
 
 
 class DashboardClient:
@@ -32,13 +39,20 @@ class DashboardClient:
     async def connect(self) -> None:
         try:
             async with asyncio.timeout(self.timeout):
-                self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-                self.banner = (await self._reader.readline()).decode("utf-8", "replace").strip()
+                self._reader, self._writer = await asyncio.open_connection(
+                    self.host, self.port, limit=MAX_LINE
+                )
+                self.banner = await self._read_line(self._reader, "greeting")
         except (OSError, TimeoutError) as exc:
             await self.close()
+            what = f"no greeting within {self.timeout:g} s" if isinstance(exc, TimeoutError) \
+                else repr(exc)
             raise ConnectionLost(
-                f"UR dashboard {self.host}:{self.port}: cannot connect: {exc!r}"
+                f"UR dashboard {self.host}:{self.port}: cannot connect: {what}"
             ) from None
+        except DriverError:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
@@ -56,14 +70,37 @@ class DashboardClient:
                 self._writer.write(text.encode("utf-8") + b"\n")
                 async with asyncio.timeout(self.timeout):
                     await self._writer.drain()
-                    line = await self._reader.readline()
+                    reply = await self._read_line(self._reader, f"reply to {text!r}")
             except (OSError, TimeoutError) as exc:
+                await self.close()  # a late reply would answer the next command
                 raise ConnectionLost(f"UR dashboard {self.host}: {text!r} failed: {exc!r}") from None
-            if not line:
-                raise ConnectionLost(f"UR dashboard {self.host} closed the connection")
-            reply = line.decode("utf-8", "replace").strip()
+            except DriverError:
+                # the stream is out of step now (a partial or endless line): drop it
+                await self.close()
+                raise
             log.debug("dashboard %r -> %r", text, reply)
             return reply
+
+    async def _read_line(self, reader: asyncio.StreamReader, what: str) -> str:
+        """One reply line, at most MAX_LINE bytes of UTF-8, without its line ending."""
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionLost(
+                f"UR dashboard {self.host}: connection closed before the end of the {what}"
+                + (f" ({len(exc.partial)} bytes without a newline)" if exc.partial else "")
+            ) from None
+        except (asyncio.LimitOverrunError, ValueError):
+            raise ProtocolError(
+                f"UR dashboard {self.host}: {what} longer than {MAX_LINE} bytes without a newline"
+            ) from None
+        try:
+            return line.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(
+                f"UR dashboard {self.host}: {what} is not UTF-8 (byte 0x{line[exc.start]:02x}"
+                f" at {exc.start})"
+            ) from None
 
     async def _expect(self, text: str, ok_prefix: str) -> str:
         reply = await self.command(text)
