@@ -5,6 +5,11 @@ client would stall the event loop, so reading is a plain coroutine that the
 driver runs in its own task. Request/reply exchanges (V, v, O, I, S, P)
 happen before streaming or while data packets may still be in flight (P):
 data met while waiting for a reply is skipped, text messages are logged.
+
+Text messages come from the robot, at whatever rate it (or a faulty or
+hostile peer) sends them, and are handled on the event loop: the log gets at
+most `TEXT_LOG_BURST` lines per `TEXT_LOG_WINDOW` seconds, each cut to
+`TEXT_MAX_CHARS` printable characters, and a count of the lines left out.
 """
 
 from __future__ import annotations
@@ -32,6 +37,44 @@ _LEVEL_TO_LOG = {
 
 TextHandler = Callable[[str, str, str], None]
 
+TEXT_LOG_BURST = 10  # lines ...
+TEXT_LOG_WINDOW = 1.0  # ... per this many seconds
+TEXT_MAX_CHARS = 200
+
+
+def _printable(text: str, limit: int = TEXT_MAX_CHARS) -> str:
+    """Cut to `limit` characters; control characters (a forged log line) become '?'."""
+    cut = text[:limit]
+    clean = "".join(c if c.isprintable() else "?" for c in cut)
+    return clean + (f"... [{len(text) - limit} more chars]" if len(text) > limit else "")
+
+
+class TextThrottle:
+    """Lets through at most `burst` lines per `window` seconds and counts the rest."""
+
+    def __init__(self, burst: int = TEXT_LOG_BURST, window: float = TEXT_LOG_WINDOW) -> None:
+        self.burst, self.window = burst, window
+        self.suppressed_total = 0
+        self._window_start = -float("inf")
+        self._count = 0
+        self._suppressed = 0
+
+    def admit(self, t: float) -> bool:
+        """Log the line that arrived at time `t`? Counts it as suppressed if not."""
+        if t - self._window_start >= self.window:
+            self._window_start, self._count = t, 0
+        self._count += 1
+        if self._count <= self.burst:
+            return True
+        self._suppressed += 1
+        self.suppressed_total += 1
+        return False
+
+    def flush(self) -> int:
+        """Lines suppressed since the last flush (the caller reports them)."""
+        n, self._suppressed = self._suppressed, 0
+        return n
+
 
 class RtdeClient:
     """Speaks RTDE v2 (falls back to v1 when the controller refuses v2)."""
@@ -54,6 +97,8 @@ class RtdeClient:
         self._writer: asyncio.StreamWriter | None = None
         self._splitter = codec.PacketSplitter()
         self._pending: deque[tuple[int, bytes]] = deque()
+        self.text_throttle = TextThrottle()
+        self._text_report: asyncio.TimerHandle | None = None
 
     @property
     def connected(self) -> bool:
@@ -142,6 +187,9 @@ class RtdeClient:
         writer, self._writer, self._reader = self._writer, None, None
         if writer is None:
             return
+        if self._text_report is not None:
+            self._text_report.cancel()
+        self._report_suppressed()
         writer.close()
         with contextlib.suppress(OSError, TimeoutError):
             async with asyncio.timeout(0.5):
@@ -151,9 +199,24 @@ class RtdeClient:
 
     def _text(self, payload: bytes) -> None:
         level, source, message = codec.decode_text(payload, self.protocol or 2)
-        log.log(_LEVEL_TO_LOG.get(level, logging.INFO), "UR %s [%s]: %s", level, source, message)
+        message, source = _printable(message), _printable(source, 40)
+        loop = asyncio.get_running_loop()
+        if self.text_throttle.admit(loop.time()):
+            log.log(_LEVEL_TO_LOG.get(level, logging.INFO), "UR %s [%s]: %s",
+                    _printable(level, 20), source, message)
+        elif self._text_report is None:
+            self._text_report = loop.call_later(self.text_throttle.window,
+                                                self._report_suppressed)
         if self._on_text is not None:
+            # every message, cut short: a program consumer may count them all
             self._on_text(level, source, message)
+
+    def _report_suppressed(self) -> None:
+        self._text_report = None
+        n = self.text_throttle.flush()
+        if n:
+            log.warning("RTDE %s: %d robot text messages not logged (more than %d per %g s)",
+                        self.host, n, self.text_throttle.burst, self.text_throttle.window)
 
     async def _next_packet(self) -> tuple[int, bytes]:
         while not self._pending:
