@@ -20,7 +20,12 @@ SCRIPT_PORT = 30002
 
 MODE_HOLD, MODE_SERVO, MODE_SPEED, MODE_STOP = 0, 1, 2, 3
 STATUS_HOLDING, STATUS_SERVOING, STATUS_REJECTED, STATUS_STOPPED, STATUS_SPEED = 1, 2, 3, 4, 5
-STATUS_NAMES = {1: "HOLDING", 2: "SERVOING", 3: "REJECTED_JUMP", 4: "STOPPED", 5: "SPEED"}
+#: Written by the program itself when the driver's heartbeat stopped: the one positive proof
+#: that a stopped program was stopped by us (our watchdog), so the driver may restart it.
+#: Output registers keep their value after a program ends, so it is still readable then.
+STATUS_WATCHDOG = 6
+STATUS_NAMES = {1: "HOLDING", 2: "SERVOING", 3: "REJECTED_JUMP", 4: "STOPPED", 5: "SPEED",
+                6: "WATCHDOG"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +46,9 @@ class ProgramParams:
         if not 100 <= self.gain <= 2000:
             raise DriverConfigError(f"servoj gain {self.gain} outside UR's 100..2000")
         if not 24 <= self.reg <= 47 - 12:
-            raise DriverConfigError(f"register base {self.reg} outside 24..35 (needs 13 doubles)")
+            raise DriverConfigError(
+                f"register base {self.reg} outside 24..35 (needs 3 ints and 13 doubles)"
+            )
         if not 0.001 <= self.step <= 0.1:
             raise DriverConfigError(f"robot step time {self.step} s outside 0.001..0.1")
         if self.max_jump <= 0 or self.watchdog_hz <= 0 or self.decel <= 0 or self.accel <= 0:
@@ -50,9 +57,18 @@ class ProgramParams:
     @property
     def input_names(self) -> list[str]:
         r = self.reg
-        return [f"input_int_register_{r}", f"input_int_register_{r + 1}"] + [
+        return [f"input_int_register_{r}", f"input_int_register_{r + 1}", self.heartbeat_name] + [
             f"input_double_register_{r + i}" for i in range(13)
         ]
+
+    @property
+    def heartbeat_name(self) -> str:
+        """Bumped by the driver on every write (keepalives too): the program's watchdog input.
+
+        The sequence number cannot serve: a keepalive repeats it, and URScript can
+        only see a register's value, not that it was rewritten.
+        """
+        return f"input_int_register_{self.reg + 2}"
 
     @property
     def ack_name(self) -> str:
@@ -64,12 +80,13 @@ class ProgramParams:
 
     def inputs(
         self, seq: int, mode: int, target: list[float], duration: float,
-        qd: list[float] | None = None,
+        qd: list[float] | None = None, *, heartbeat: int = 0,
     ) -> dict[str, object]:
         r = self.reg
         values: dict[str, object] = {
             f"input_int_register_{r}": seq,
             f"input_int_register_{r + 1}": mode,
+            self.heartbeat_name: heartbeat,
             f"input_double_register_{r + 6}": float(duration),
         }
         speeds = qd if qd is not None else [0.0] * 6

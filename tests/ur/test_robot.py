@@ -20,7 +20,7 @@ from drivers.ur.sim.arm import RUNTIME_PLAYING, RUNTIME_STOPPED
 
 
 def make(host: str, **kw: object) -> UR5Robot:
-    opts = {"host": host, "connect_timeout": 2.0, "unlock_wait": 0.6, **kw}
+    opts = {"host": host, "connect_timeout": 2.0, **kw}
     return UR5Robot.from_spec("", opts)
 
 
@@ -110,6 +110,7 @@ async def test_state_clock_tracks_the_controller_clock(sim: UrSimulator, host: s
     assert abs(offsets[-1] - offsets[50]) < 0.02
 
 
+@pytest.mark.virtual_clock  # UR's 5 s unlock wait, in virtual time
 async def test_protective_stop_hold_then_recovery(sim: UrSimulator, host: str) -> None:
     async with make(host, auto_recover=True) as robot:
         s = await ready_state(robot)
@@ -127,7 +128,7 @@ async def test_protective_stop_hold_then_recovery(sim: UrSimulator, host: str) -
         with pytest.raises(NotReady, match="PROTECTIVE_STOP"):
             await robot.command(JointCommand(target + 0.05, 0.1, seq=2))
         # the driver waits out UR's unlock delay, unlocks and restarts the program
-        s = await ready_state(robot, limit=8.0)
+        s = await ready_state(robot, limit=10.0)
         assert sim.scripts_received == 2
         # nothing stale is resumed: the program holds where the arm is
         await asyncio.sleep(0.3)
@@ -241,9 +242,9 @@ async def test_watchdog_stops_the_arm_when_inputs_stop(sim: UrSimulator, host: s
         await program.upload(host, program.render(params))
         await until(lambda: sim.arm.runtime_state == RUNTIME_PLAYING, 2.0)
         far = [q0[0] + 0.3, *q0[1:]]
-        inputs = params.inputs(1, program.MODE_SERVO, far, 3.0)  # slow: a 3 s segment
-        for _ in range(8):  # keep the watchdog fed for a while, as the driver does
-            await client.send(inputs)
+        for beat in range(1, 9):  # keep the watchdog fed for a while, as the driver does
+            # slow: a 3 s segment; a new heartbeat on every write
+            await client.send(params.inputs(1, program.MODE_SERVO, far, 3.0, heartbeat=beat))
             await asyncio.sleep(0.04)
         assert sim.arm.qd[0] > 0  # moving; now the PC goes silent
         await until(lambda: sim.arm.runtime_state == RUNTIME_STOPPED, 2.0)

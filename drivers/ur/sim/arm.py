@@ -4,7 +4,13 @@ The simulator cannot run URScript; it recognises our control program by its
 marker line, reads the `global VLA_*` constants the program was rendered
 with, and plays the same state machine in Python at the controller's step
 time: servo segments from the commanded position, jump rejection, sequence
-acknowledgement, the RTDE watchdog that stops the program, `speedj`.
+acknowledgement, the program's heartbeat watchdog (status 6, then a stop)
+backed by UR's RTDE watchdog, `speedj`.
+
+Besides the program it models what a person can do to a real controller, so
+the driver's operator-authority rules can be tested: pause, stop, play (which
+plays the loaded .urp, never our script), power off/on, brake release, and an
+emergency stop and its release.
 """
 
 from __future__ import annotations
@@ -19,12 +25,12 @@ import numpy as np
 MARKER = "# vla-controller control program"
 
 # RTDE enums (UR's RTDE guide)
-ROBOT_POWER_OFF, ROBOT_IDLE, ROBOT_RUNNING = 3, 5, 7
-SAFETY_NORMAL, SAFETY_PROTECTIVE = 1, 3
-RUNTIME_STOPPED, RUNTIME_PLAYING = 1, 2
+ROBOT_POWER_OFF, ROBOT_POWER_ON, ROBOT_IDLE, ROBOT_RUNNING = 3, 4, 5, 7
+SAFETY_NORMAL, SAFETY_PROTECTIVE, SAFETY_ROBOT_EMERGENCY_STOP = 1, 3, 7
+RUNTIME_STOPPED, RUNTIME_PLAYING, RUNTIME_PAUSED = 1, 2, 4
 
 # program status written to output_int_register(base + 1); see control.script
-ST_HOLDING, ST_SERVOING, ST_REJECTED, ST_STOPPED, ST_SPEED = 1, 2, 3, 4, 5
+ST_HOLDING, ST_SERVOING, ST_REJECTED, ST_STOPPED, ST_SPEED, ST_WATCHDOG = 1, 2, 3, 4, 5, 6
 MODE_HOLD, MODE_SERVO, MODE_SPEED, MODE_STOP = 0, 1, 2, 3
 
 UR5_DH_D = (0.089159, 0.0, 0.0, 0.10915, 0.09465, 0.0823)
@@ -71,6 +77,10 @@ class ProgramParams:
     watchdog_hz: float = 5.0
     decel: float = 4.0
     reg: int = 24
+    #: the script runs its own heartbeat watchdog (input int reg+2, status 6)
+    heartbeat: bool = False
+    #: UR's RTDE watchdog rate, as the script sets it (`rtde_set_watchdog`)
+    rtde_watchdog_hz: float = 5.0
 
     @classmethod
     def parse(cls, script: str) -> ProgramParams | None:
@@ -80,8 +90,11 @@ class ProgramParams:
         p = cls()
         for name, value in found.items():
             key = name.lower()
-            if hasattr(p, key):
+            if hasattr(p, key) and key not in ("heartbeat", "rtde_watchdog_hz"):
                 setattr(p, key, int(float(value)) if key == "reg" else float(value))
+        p.heartbeat = "read_input_integer_register(VLA_REG + 2)" in script
+        m = re.search(r"rtde_set_watchdog\([^,]+,\s*VLA_WATCHDOG_HZ\s*(?:/\s*([0-9.]+))?", script)
+        p.rtde_watchdog_hz = p.watchdog_hz / (float(m.group(1)) if m and m.group(1) else 1.0)
         return p
 
 
@@ -98,6 +111,10 @@ class Program:
     mode: int = MODE_HOLD
     status: int = ST_HOLDING
     clock: float = 0.0
+    heartbeat: int = 0
+    heartbeat_age: float = 0.0
+    #: the heartbeat watchdog fired: decelerating (stopj), then `halt`
+    tripped: bool = False
 
 
 class Arm:
@@ -112,6 +129,8 @@ class Arm:
         self.runtime_state = RUNTIME_STOPPED
         self.program: Program | None = None
         self.program_name = ""
+        #: the .urp a person loaded on the pendant; dashboard `play` runs it, not our script
+        self.loaded_urp = ""
         self.protective_since: float | None = None
         self.time = 0.0
         self.speed_scaling = 1.0
@@ -155,6 +174,7 @@ class Arm:
             last_seq=seq,
             seg_from=self.q.copy(),
             seg_to=self.q.copy(),
+            heartbeat=self.input_int(r + 2),
         )
         self.outputs[f"output_int_register_{r}"] = seq
         self.outputs[f"output_int_register_{r + 1}"] = ST_HOLDING
@@ -164,11 +184,61 @@ class Arm:
         return True
 
     def stop_program(self, why: str) -> None:
-        if self.program is not None:
-            self.outputs[f"output_int_register_{self.program.params.reg + 1}"] = ST_STOPPED
+        """The program ends. Like a real controller, its output registers keep their values."""
+        if self.program is not None or self.runtime_state != RUNTIME_STOPPED:
             self.say(f"sim: program stopped: {why}", 2)
         self.program = None
+        self.program_name = ""
         self.runtime_state = RUNTIME_STOPPED
+
+    # operator actions (dashboard or pendant); each returns False where UR refuses it
+
+    def pause_program(self) -> bool:
+        if self.runtime_state != RUNTIME_PLAYING:
+            return False
+        self.runtime_state = RUNTIME_PAUSED
+        self.say("sim: program paused", 2)
+        return True
+
+    def play(self) -> bool:
+        """Resume a paused program, or start the loaded .urp (a person's, not our script)."""
+        if self.robot_mode != ROBOT_RUNNING or self.safety_mode not in (1, 2):
+            return False
+        if self.runtime_state == RUNTIME_PAUSED:
+            self.runtime_state = RUNTIME_PLAYING
+            if self.program is not None:
+                self.last_input_time = max(self.last_input_time, self.time)
+            return True
+        if self.runtime_state == RUNTIME_PLAYING or not self.loaded_urp:
+            return False
+        self.program = None  # a .urp is not ours: the arm just stands while it "runs"
+        self.program_name = self.loaded_urp
+        self.runtime_state = RUNTIME_PLAYING
+        return True
+
+    def power_off(self) -> None:
+        self.stop_program("power off")
+        self.robot_mode = ROBOT_POWER_OFF
+
+    def power_on(self) -> None:
+        if self.robot_mode == ROBOT_POWER_OFF and self.safety_mode in (1, 2):
+            self.robot_mode = ROBOT_IDLE
+
+    def brake_release(self) -> None:
+        if self.robot_mode in (ROBOT_IDLE, ROBOT_POWER_ON):
+            self.robot_mode = ROBOT_RUNNING
+
+    def emergency_stop(self) -> None:
+        """The red button: program gone, arm power cut (a stop category 1 in reality)."""
+        self.safety_mode = SAFETY_ROBOT_EMERGENCY_STOP
+        self.stop_program("emergency stop")
+        self.robot_mode = ROBOT_POWER_OFF
+        self.say("C262A0: Emergency stop", 1)
+
+    def release_emergency_stop(self) -> None:
+        """The button twisted out: safety NORMAL again; the arm stays off until powered on."""
+        if self.safety_mode == SAFETY_ROBOT_EMERGENCY_STOP:
+            self.safety_mode = SAFETY_NORMAL
 
     def protective_stop(self) -> None:
         self.safety_mode = SAFETY_PROTECTIVE
@@ -191,12 +261,13 @@ class Arm:
     def step(self, dt: float) -> None:
         self.time += dt
         prog = self.program
-        if prog is not None:
-            wd = prog.params.watchdog_hz
+        if prog is not None and self.runtime_state == RUNTIME_PLAYING:
+            # UR's RTDE watchdog (our script sets it as a backstop at half its own rate)
+            wd = prog.params.rtde_watchdog_hz
             if wd > 0 and self.time - self.last_input_time > 1.0 / wd:
                 self.stop_program("RTDE watchdog: input_int_register not updated in time")
                 prog = None
-        if prog is None:
+        if prog is None or self.runtime_state != RUNTIME_PLAYING:
             self._coast(dt, 8.0)
         else:
             self._run_program(prog, dt)
@@ -219,6 +290,12 @@ class Arm:
             self._program_cycle(prog, r)
             if self.program is not prog:
                 return
+        if prog.tripped:
+            # stopj(decel), then halt: the program ends once the arm stands still
+            self._coast(dt, prog.params.decel)
+            if not np.any(self.qd):
+                self.stop_program("vla_control: watchdog: no heartbeat from the PC")
+            return
         if prog.mode == MODE_SPEED:
             self.qd = prog.speed_qd.copy()
             self.q = self.q + self.qd * dt
@@ -234,6 +311,25 @@ class Arm:
         self.target_q = prog.cmd_q.copy()
 
     def _program_cycle(self, prog: Program, r: int) -> None:
+        if prog.params.heartbeat and not prog.tripped:
+            self._heartbeat_watchdog(prog, r)
+        if not prog.tripped:
+            self._commands(prog, r)
+
+    def _heartbeat_watchdog(self, prog: Program, r: int) -> None:
+        p = prog.params
+        beat = self.input_int(r + 2)
+        if beat != prog.heartbeat:
+            prog.heartbeat, prog.heartbeat_age = beat, 0.0
+        else:
+            prog.heartbeat_age += p.step
+        if p.watchdog_hz > 0 and prog.heartbeat_age > 1.0 / p.watchdog_hz:
+            prog.tripped = True
+            prog.status = ST_WATCHDOG
+            self.outputs[f"output_int_register_{r + 1}"] = ST_WATCHDOG
+            self.say("vla_control: watchdog: no heartbeat from the PC, stopping", 2)
+
+    def _commands(self, prog: Program, r: int) -> None:
         p = prog.params
         seq, mode = self.input_int(r), self.input_int(r + 1)
         if seq != prog.last_seq:
@@ -279,6 +375,8 @@ class Arm:
             bits |= 1 << 1
         if self.safety_mode == SAFETY_PROTECTIVE:
             bits |= 1 << 2 | 1 << 10
+        if self.safety_mode == SAFETY_ROBOT_EMERGENCY_STOP:
+            bits |= 1 << 6 | 1 << 7 | 1 << 10
         return bits
 
     @property

@@ -2,7 +2,10 @@
 
 One object owns the arm model, the tick task and the three listeners, so a
 test starts and stops the whole controller with one `async with`. Fault
-injection is a handful of methods and flags used by the tests and the CLI.
+injection is a handful of methods and flags used by the tests and the CLI:
+link faults (drop, stall, delay, corrupt samples, a frozen clock, lost
+inputs, a half-open link, text floods) and a person's actions (`dashboard()`
+lines, the emergency stop and its release, a protective stop).
 """
 
 from __future__ import annotations
@@ -17,9 +20,7 @@ import numpy as np
 
 from drivers.ur.sim import codec
 from drivers.ur.sim.arm import (
-    ROBOT_IDLE,
-    ROBOT_POWER_OFF,
-    ROBOT_RUNNING,
+    RUNTIME_PAUSED,
     RUNTIME_PLAYING,
     Arm,
     forward_kinematics,
@@ -76,6 +77,15 @@ class UrSimulator:
         self.refuse_until = 0.0
         self.split_packets = False
         self.coalesce = 1
+        #: fault: every outgoing RTDE byte leaves this many seconds late (a slow link)
+        self.link_delay = 0.0
+        #: fault: the RTDE `timestamp` output stops advancing (a frozen device clock)
+        self.frozen_timestamp: float | None = None
+        #: fault: the next N data packets carry these values instead of the real ones
+        self.corrupt: dict[str, Any] = {}
+        self.corrupt_packets = 0
+        self.inputs_ignored_until = 0.0
+        self.silent = False
         self.inputs_received = 0
         self.scripts_received = 0
         self._servers: list[asyncio.Server] = []
@@ -164,6 +174,41 @@ class UrSimulator:
     def send_text(self, message: str, level: int = 3) -> None:
         self.arm.say(message, level)
 
+    def delay_link(self, seconds: float) -> None:
+        """From now on, deliver every RTDE packet `seconds` late (order kept)."""
+        self.link_delay = seconds
+
+    def freeze_timestamp(self) -> None:
+        """The robot's clock stops: `timestamp` repeats its current value from now on."""
+        self.frozen_timestamp = self.arm.time
+
+    def corrupt_next(self, packets: int = 1, **values: Any) -> None:
+        """Send `values` (e.g. timestamp=nan, actual_q=[nan]*6) in the next `packets` samples."""
+        self.corrupt, self.corrupt_packets = values, packets
+
+    def ignore_inputs(self, seconds: float) -> None:
+        """Inputs from RTDE clients are lost for a while (the PC looks silent to the robot)."""
+        self.inputs_ignored_until = asyncio.get_running_loop().time() + seconds
+
+    def go_silent(self) -> None:
+        """A half-open link: connections stay up, but nothing is read or sent any more."""
+        self.silent = True
+        for s in list(self.sessions):
+            s.writer.transport.pause_reading()
+
+    # operator actions a test plays as the person at the robot
+
+    def dashboard(self, command: str) -> str:
+        """What the same line sent to port 29999 would do (stop, pause, play, power off, ...)."""
+        return self._dashboard(command)
+
+    def emergency_stop(self) -> None:
+        """Press the red button (no dashboard can do that on a real UR)."""
+        self.arm.emergency_stop()
+
+    def release_emergency_stop(self) -> None:
+        self.arm.release_emergency_stop()
+
     # ---------------------------------------------------------------- ticks
 
     async def _ticks(self) -> None:
@@ -180,16 +225,21 @@ class UrSimulator:
             elif delay < -0.5:  # far behind (machine stalled): skip, do not burst
                 start, k = loop.time(), 0
             self.arm.step(period)
-            self._broadcast(loop.time())
+            if not self.silent:
+                self._broadcast(loop.time())
 
     def _broadcast(self, now: float) -> None:
         messages, self.arm.messages = self.arm.messages, []
+        corrupt = self.corrupt if self.corrupt_packets > 0 else {}
+        sent_sample = False
         for s in list(self.sessions):
             out = b"".join(codec.text_message(m, "sim", lvl, s.protocol) for m, lvl in messages)
             if s.streaming and s.out_recipe is not None and now >= self.data_paused_until:
                 if now + 1e-4 >= s.next_send:
                     s.next_send = max(s.next_send + 1.0 / s.frequency, now)
-                    values = [self._output(n) for n in s.out_recipe.names]
+                    values = [corrupt[n] if n in corrupt else self._output(n)
+                              for n in s.out_recipe.names]
+                    sent_sample = True
                     s.held.append(s.out_recipe.pack(values, s.protocol >= 2))
                     if len(s.held) >= self.coalesce:
                         out += b"".join(s.held)
@@ -203,12 +253,16 @@ class UrSimulator:
                 log.warning("sim: RTDE client does not drain its data; dropping it")
                 transport.abort()
                 continue
-            if self.split_packets and len(out) > 4:
+            if self.link_delay > 0:
+                asyncio.get_running_loop().call_later(self.link_delay, self._late_write, s, out)
+            elif self.split_packets and len(out) > 4:
                 cut = len(out) // 2
                 transport.write(out[:cut])
                 asyncio.get_running_loop().call_later(0.001, self._late_write, s, out[cut:])
             else:
                 transport.write(out)
+        if sent_sample and self.corrupt_packets > 0:
+            self.corrupt_packets -= 1
 
     @staticmethod
     def _late_write(s: _Session, data: bytes) -> None:
@@ -231,7 +285,7 @@ class UrSimulator:
         a = self.arm
         match name:
             case "timestamp":
-                return a.time
+                return a.time if self.frozen_timestamp is None else self.frozen_timestamp
             case "actual_q":
                 return _v6(a.q)
             case "actual_qd":
@@ -267,6 +321,8 @@ class UrSimulator:
             return
         s = _Session(writer=writer)
         self.sessions.append(s)
+        if self.silent:
+            writer.transport.pause_reading()
         buf = bytearray()
         try:
             while True:
@@ -277,7 +333,10 @@ class UrSimulator:
                 try:
                     for kind, body in codec.split_stream(buf):
                         reply = self._rtde_request(s, kind, body)
-                        if reply:
+                        if reply and self.link_delay > 0:
+                            asyncio.get_running_loop().call_later(
+                                self.link_delay, self._late_write, s, reply)
+                        elif reply:
                             writer.write(reply)
                 except codec.SimProtocolError as exc:
                     writer.write(codec.text_message(f"RTDE: {exc}", "sim", 1, s.protocol))
@@ -336,6 +395,8 @@ class UrSimulator:
         if kind == codec.U:
             if s.in_recipe is None:
                 raise codec.SimProtocolError("data packet before an input recipe")
+            if asyncio.get_running_loop().time() < self.inputs_ignored_until:
+                return b""
             self.arm.write_inputs(s.in_recipe.unpack(body))
             self.inputs_received += 1
             return b""
@@ -383,26 +444,28 @@ class UrSimulator:
 
     def _dashboard(self, command: str) -> str:
         a = self.arm
+        if command.startswith("load "):
+            a.loaded_urp = command[5:].strip()
+            return f"Loading program: {a.loaded_urp}"
         match command:
             case "power on":
-                if a.robot_mode == ROBOT_POWER_OFF:
-                    a.robot_mode = ROBOT_IDLE
+                a.power_on()
                 return "Powering on"
             case "power off":
-                a.stop_program("power off")
-                a.robot_mode = ROBOT_POWER_OFF
+                a.power_off()
                 return "Powering off"
             case "brake release":
-                if a.robot_mode in (ROBOT_IDLE, 4):
-                    a.robot_mode = ROBOT_RUNNING
+                a.brake_release()
                 return "Brake releasing"
             case "stop":
-                if a.runtime_state != RUNTIME_PLAYING:
+                if a.runtime_state not in (RUNTIME_PLAYING, RUNTIME_PAUSED):
                     return "Failed to execute: stop"
                 a.stop_program("dashboard stop")
                 return "Stopped"
+            case "pause":
+                return "Pausing program" if a.pause_program() else "Failed to execute: pause"
             case "play":
-                return "Failed to execute: play"
+                return "Starting program" if a.play() else "Failed to execute: play"
             case "unlock protective stop":
                 if a.unlock_protective_stop(self.config.unlock_delay):
                     return "Protective stop releasing"
@@ -419,7 +482,8 @@ class UrSimulator:
             case "safetymode":
                 return f"Safetymode: {_SAFETY_MODES.get(a.safety_mode, str(a.safety_mode))}"
             case "programState":
-                state = "PLAYING" if a.runtime_state == RUNTIME_PLAYING else "STOPPED"
+                state = {RUNTIME_PLAYING: "PLAYING", RUNTIME_PAUSED: "PAUSED"}.get(
+                    a.runtime_state, "STOPPED")
                 return f"{state} {a.program_name or '<unnamed>'}"
             case "is in remote control":
                 return "true" if self.config.remote_control else "false"
