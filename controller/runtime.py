@@ -194,8 +194,8 @@ class Controller:
         self._stop_requested = asyncio.Event()
         self._stop_reason = ""
         self._run_task: asyncio.Task[Any] | None = None
-        #: Callbacks `(event, time, detail)` for "phase" changes and "tick" starts
-        #: (the test harness's invariant checker listens here).
+        #: Callbacks `(event, time, detail)` for "phase" changes, "tick" starts and
+        #: "hold" ticks (the harness's invariant checker and the fault matrix listen).
         self.observers: list[Callable[[str, float, Any], None]] = []
         self._cancelled_for_stop = False
         self._safety: SafetyFilter | None = None
@@ -580,6 +580,8 @@ class Controller:
     async def _hold(self, reason: HoldReason) -> None:
         new_episode = self._holding is None
         self.telemetry.hold(reason.value, new_episode=new_episode)
+        if self.observers:
+            self._notify("hold", reason)
         if reason is not self._holding:
             log.warning("holding: %s%s", reason.value, self._hold_detail(reason))
         self._holding = reason
