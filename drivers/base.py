@@ -9,6 +9,17 @@ the drivers that call `now()`.
 
 Drivers are async context managers (enter = connect, exit = disconnect and
 leave the device safe); streams are async iterators; commands are coroutines.
+
+What the controller relies on at the edges of a driver's life:
+- an `__aenter__` that raises, or is cancelled (an operator's Ctrl-C while a
+  robot connects), releases whatever it took before re-raising, as any
+  context manager must: `__aexit__` is not called for it;
+- `__aexit__` and a robot's `stop()` may be called when the link is already
+  gone and must then return promptly; the controller bounds each by its
+  `stop_timeout` anyway, and goes on shutting down if one hangs;
+- values a driver cannot vouch for are reported as such: a capture time that
+  cannot be computed is NaN (the controller reads NaN as stale), and a state
+  the device says is unusable has `ready=False` with `mode` saying why.
 """
 
 from __future__ import annotations
@@ -183,6 +194,11 @@ class RobotDriver(Protocol):
 
     `command()` raises `ConnectionLost` while the link is down and `NotReady`
     while the arm refuses motion: it never queues a command for later.
+
+    A driver never undoes a stop it did not cause: after a person's stop,
+    pause, power cycle, protective or emergency stop, its states stay
+    `ready=False` until the person (or an explicit, documented opt-in such as
+    the UR driver's `auto_recover` for protective stops) enables motion again.
     """
 
     kind: ClassVar[str]
