@@ -17,26 +17,31 @@ import numpy as np
 
 
 class Series:
-    """Samples of one quantity: exact count/min/max/mean, percentiles over the last `keep`."""
+    """Samples of one quantity: exact count/min/max/mean, percentiles over the last `keep`.
 
-    def __init__(self, keep: int = 200_000) -> None:
-        self._recent: deque[float] = deque(maxlen=keep)
+    The recent samples live in a preallocated float64 ring, so a run of days
+    holds the same memory as a run of minutes (a deque of Python floats grew
+    by ~32 bytes a sample until it was full).
+    """
+
+    def __init__(self, keep: int = 100_000) -> None:
+        self._ring = np.full(keep, np.nan)  # written now: the pages are resident from the start
         self.count = 0
         self.total = 0.0
         self.min = math.inf
         self.max = -math.inf
 
     def add(self, value: float) -> None:
-        self._recent.append(value)
+        self._ring[self.count % len(self._ring)] = value
         self.count += 1
         self.total += value
         self.min = min(self.min, value)
         self.max = max(self.max, value)
 
     def percentile(self, q: float) -> float | None:
-        if not self._recent:
+        if not self.count:
             return None
-        return float(np.percentile(np.fromiter(self._recent, dtype=np.float64), q))
+        return float(np.percentile(self._ring[: min(self.count, len(self._ring))], q))
 
     def summary(self, scale: float = 1.0) -> dict[str, float | int | None]:
         """count, mean, p50, p99, max (times `scale`: 1e3 turns seconds into ms)."""
@@ -50,6 +55,35 @@ class Series:
             "p99": round(p99 * scale, 3) if p99 is not None else None,
             "max": round(self.max * scale, 3),
         }
+
+
+class ReuseCount:
+    """How many actions each feature version served, in constant memory.
+
+    The controller always uses the newest version, so once a newer one is
+    used the older one is done: its count goes into a histogram and is
+    forgotten (a Counter keyed by version grew by one entry per encode).
+    """
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.current = 0
+        self.histogram: Counter[int] = Counter()
+
+    def used(self, version: int) -> int:
+        if version != self.version:
+            if self.version is not None:
+                self.histogram[self.current] += 1
+            self.version, self.current = version, 0
+        self.current += 1
+        return self.current
+
+    def counts(self) -> Counter[int]:
+        """Histogram of actions per version, the version in use included."""
+        out = Counter(self.histogram)
+        if self.version is not None:
+            out[self.current] += 1
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +103,7 @@ class ActionRecord:
 
 class Telemetry:
     def __init__(
-        self, period: float, *, on_time_tolerance: float | None = None, keep_actions: int = 100_000
+        self, period: float, *, on_time_tolerance: float | None = None, keep_actions: int = 10_000
     ) -> None:
         self.period = period
         #: A tick is "on time" when it starts within this of its deadline (default 10 % of the period).
@@ -92,7 +126,7 @@ class Telemetry:
         self.hold_episodes = 0
         self.errors: Counter[str] = Counter()
         self.vl_encodes = 0
-        self.reuse: Counter[int] = Counter()  # feature version -> actions computed from it
+        self.reuse = ReuseCount()
         self.actions: deque[ActionRecord] = deque(maxlen=keep_actions)
         self.started: float | None = None
         self.ended: float | None = None
@@ -134,14 +168,14 @@ class Telemetry:
 
     def feature_used(self, version: int) -> int:
         """Count one more use of a feature version; returns its reuse index (1-based)."""
-        self.reuse[version] += 1
-        return self.reuse[version]
+        return self.reuse.used(version)
 
     # -- reporting ---------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         duration = (self.ended or 0.0) - (self.started or 0.0) if self.started is not None else 0.0
         expected = self.ticks + self.missed
-        reuse_counts = np.array(list(self.reuse.values()), dtype=np.float64)
+        histogram = self.reuse.counts()
+        versions = sum(histogram.values())
         return {
             "duration_s": round(duration, 3),
             "hz_target": round(1.0 / self.period, 3),
@@ -163,10 +197,10 @@ class Telemetry:
             "feature_age_at_use_ms": self.feature_age.summary(1e3),
             "state_age_at_use_ms": self.state_age.summary(1e3),
             "reuse": {
-                "feature_versions_used": len(self.reuse),
-                "mean": round(float(reuse_counts.mean()), 3) if len(reuse_counts) else None,
-                "max": int(reuse_counts.max()) if len(reuse_counts) else None,
-                "histogram": {str(k): v for k, v in sorted(Counter(self.reuse.values()).items())},
+                "feature_versions_used": versions,
+                "mean": round(self.actions_sent / versions, 3) if versions else None,
+                "max": max(histogram) if versions else None,
+                "histogram": {str(k): v for k, v in sorted(histogram.items())},
             },
             "holds": dict(self.holds),
             "hold_ticks": sum(self.holds.values()),
@@ -184,7 +218,7 @@ class Telemetry:
             f" holds={sum(self.holds.values())}"
             f" late_p99={ms(self.lateness, 99)}ms act_p50={ms(self.action_latency, 50)}ms"
             f" vl_p50={ms(self.vl_latency, 50)}ms feat_age_p50={ms(self.feature_age, 50)}ms"
-            f" reuse={self.actions_sent / max(1, len(self.reuse)):.2f}"
+            f" reuse={self.actions_sent / max(1, sum(self.reuse.counts().values())):.2f}"
         )
 
 
