@@ -7,8 +7,9 @@ state or frame was REALLY captured, which a faulty clock may misreport):
 
 1. nothing is sent before the controller is ACTIVE, nor before one VL encode
    and one action completed;
-2. every command came from inputs within the age limits at the tick that
-   decided it (true ages: a lying clock cannot hide stale data);
+2. every command came from inputs (state, features, sensor readings) within
+   the age limits at the tick that decided it (true ages for the state and
+   the frames: a lying clock cannot hide stale data);
 3. at most one command per tick, so never more commands than ticks;
 4. every command is finite, inside the joint limits, and no farther from the
    measured position it was computed from than the joint speeds allow in one
@@ -46,6 +47,8 @@ class ActCall:
     state_true: float
     features_true: float
     positions: np.ndarray
+    #: Capture time of the oldest sensor reading handed over (inf: no sensors).
+    sensors_true: float = math.inf
 
 
 @dataclass(slots=True)
@@ -64,6 +67,7 @@ class InvariantChecker:
 
     max_state_age: float
     max_feature_age: float
+    max_sensor_age: float
     lower: np.ndarray
     upper: np.ndarray
     max_step: np.ndarray
@@ -89,6 +93,7 @@ class InvariantChecker:
         return cls(
             max_state_age=cfg.safety.max_state_age,
             max_feature_age=cfg.safety.max_feature_age,
+            max_sensor_age=cfg.safety.max_sensor_age,
             lower=np.asarray(limits.lower, dtype=float),
             upper=np.asarray(limits.upper, dtype=float),
             max_step=max_step,
@@ -160,6 +165,12 @@ class InvariantChecker:
             self._violate(
                 f"{where}: computed from features {feature_age * 1e3:.1f} ms old at its tick"
                 f" (limit {self.max_feature_age * 1e3:.0f} ms)"
+            )
+        sensor_age = tick - act.sensors_true
+        if not sensor_age <= self.max_sensor_age + self.skew + 1e-9:
+            self._violate(
+                f"{where}: computed from a sensor reading {sensor_age * 1e3:.1f} ms old at its"
+                f" tick (limit {self.max_sensor_age * 1e3:.0f} ms)"
             )
         step = np.abs(q - act.positions)
         if not np.all(step <= self.max_step + 1e-9):
@@ -257,6 +268,7 @@ class RecordingPolicy:
                 state_true=self._truth.state_time(state),
                 features_true=self._truth.features_time(features),
                 positions=np.asarray(state.positions, dtype=float).copy(),
+                sensors_true=min((r.capture_time for r in sensors.values()), default=math.inf),
             )
         )
         return self.inner.act(features, state, sensors)

@@ -198,6 +198,7 @@ class Controller:
         #: "hold" ticks (the harness's invariant checker and the fault matrix listen).
         self.observers: list[Callable[[str, float, Any], None]] = []
         self._cancelled_for_stop = False
+        self._resumes: set[asyncio.Future[bool]] = set()
         self._safety: SafetyFilter | None = None
         self._holding: HoldReason | None = None
         self._seq = 0
@@ -230,6 +231,41 @@ class Controller:
         if self.phase is Phase.CONFIGURING and task is not None and not task.done():
             self._cancelled_for_stop = True
             task.cancel(f"stop requested: {reason}")
+
+    def request_resume(self) -> None:
+        """An operator asks the robot to resume after a stop it did not cause (e.g. SIGUSR1).
+
+        The controller never does this on its own: a person stopped the arm,
+        so only a person may start it again. Drivers that can restart
+        themselves expose `async resume()` (the UR5 restarts its program
+        holding where the arm is); the controller then acts again as soon as
+        the robot reports ready and the inputs are fresh.
+        """
+        if self.phase is not Phase.ACTIVE and self.phase is not Phase.WARMING_UP:
+            log.warning("resume ignored while %s", self.phase.value)
+            return
+        task = asyncio.ensure_future(self.resume_robot())
+        self._resumes.add(task)
+        task.add_done_callback(self._resumes.discard)
+
+    async def resume_robot(self) -> bool:
+        """Call the robot's `resume()`, bounded; True when it accepted. Errors are logged."""
+        resume = getattr(self.robot, "resume", None)
+        if resume is None:
+            log.warning("robot %s has no resume(): resume it on the robot itself", self.robot.name)
+            return False
+        log.info("operator resume requested")
+        try:
+            async with asyncio.timeout(max(5.0, self.config.stop_timeout)):
+                await resume()
+        except TimeoutError:
+            log.error("robot.resume() did not finish within its bound")
+            return False
+        except (NotReady, ConnectionLost) as exc:
+            log.error("robot refused to resume: %s", exc)
+            return False
+        log.info("robot resumed; acting again once its state is ready and fresh")
+        return True
 
     @property
     def stop_reason(self) -> str:

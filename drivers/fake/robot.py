@@ -59,6 +59,7 @@ class FakeRobot(ConfiguredDriver):
         self.stops = 0
         self.stop_times: list[float] = []
         self.holds = 0
+        self.resumes = 0
         self._link_restored = asyncio.Event()
         self._link_restored.set()
         self._nan_positions = False
@@ -141,6 +142,19 @@ class FakeRobot(ConfiguredDriver):
         self.operator_stopped = True
 
     def operator_resume(self) -> None:
+        self.operator_stopped = False
+
+    async def resume(self) -> None:
+        """The driver-level resume an operator asks for (the UR driver has the same call).
+
+        Refused while a protective stop is active or the link is down: only a
+        stop that a person made and releases here can be undone this way.
+        """
+        if not self.link_up:
+            raise ConnectionLost(f"{self.name}: link down, cannot resume")
+        if self.protective_stop:
+            raise NotReady(f"{self.name}: cannot resume: protective stop")
+        self.resumes += 1
         self.operator_stopped = False
 
     def nan_positions(self, on: bool = True) -> None:

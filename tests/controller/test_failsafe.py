@@ -313,3 +313,37 @@ async def test_a_command_that_never_returns_is_a_lost_link_not_a_hung_loop(contr
     assert s["errors"].get("command_timeout", 0) >= 40
     assert s["holds"].get("robot_disconnected", 0) >= 40
     assert s["missed_ticks"] == 0  # half a period at most per command: the tick still fits
+
+
+@virtual
+async def test_only_an_explicit_resume_restarts_after_an_operator_stop(controller_harness):
+    robot = FakeRobot(FakeRobotConfig())
+    h = controller_harness(robot=robot)
+    h.start(12)
+    await h.until_active()
+    await asyncio.sleep(1.0)
+    robot.operator_stop()
+    t_stop = asyncio.get_running_loop().time()
+    await asyncio.sleep(4.0)
+    h.controller.request_resume()  # what SIGUSR1 does in the CLI
+    t_resume = asyncio.get_running_loop().time()
+    await h.task
+    assert robot.resumes == 1
+    assert _commands_between(robot, t_stop, t_resume) == 0
+    assert _commands_between(robot, t_resume, t_resume + 1.0) > 5
+
+
+@virtual
+async def test_resume_is_refused_during_a_protective_stop(controller_harness, caplog):
+    robot = FakeRobot(FakeRobotConfig())
+    h = controller_harness(robot=robot)
+    h.start(6)
+    await h.until_active()
+    await asyncio.sleep(1.0)
+    robot.trigger_protective_stop()
+    t_stop = asyncio.get_running_loop().time()
+    assert await h.controller.resume_robot() is False
+    await h.task
+    assert robot.resumes == 0
+    assert _commands_between(robot, t_stop, t_stop + 10) == 0
+    assert "robot refused to resume" in caplog.text
