@@ -7,6 +7,15 @@ no frame for `watchdog_s` (aiortc itself would notice a dead peer only after
 ~30 s) marks the camera stale, tears the session down with DELETE and
 reconnects with backoff. The frame stream stays open throughout; the
 controller sees staleness as frame age.
+
+The server is not trusted: its answer is read with a size cap (64 KiB, 4 KiB
+kept of an error body), a garbled or undecodable answer is one failed
+attempt like a refused connection (logged in one line, counted, retried
+with capped backoff), and only a wrong token (401/403) or a redirect the
+token may not follow ends the stream, as a `DriverConfigError`. The bearer
+token goes only to the configured origin (scheme, host, port): a redirect
+to another origin is refused when a token is configured (followed without
+one), and a session `Location` on another origin is deleted without it.
 """
 
 from __future__ import annotations
@@ -24,6 +33,15 @@ from drivers.base import ConfiguredDriver, Frame
 from drivers.errors import ConnectionLost, DriverConfigError, ProtocolError
 from drivers.webrtc import ice
 from drivers.webrtc.base import WebRtcCameraBase
+from drivers.webrtc.http_limits import (
+    MAX_ANSWER_BYTES,
+    BodyTooLarge,
+    error_excerpt,
+    one_line,
+    origin,
+    read_capped,
+    same_origin,
+)
 from drivers.webrtc.sdp import prefer_decodable
 from drivers.webrtc.whep_config import WhepCameraConfig
 
@@ -44,6 +62,8 @@ class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
         self.watchdog_s = config.watchdog_s
         self.connects = 0
         self.failures = 0
+        #: the reason of the latest failed attempt, one line
+        self.last_error: str | None = None
         self.location: str | None = None
         self.fatal: BaseException | None = None
         self._pc: Any = None
@@ -73,17 +93,25 @@ class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
         if self.fatal is not None:
             raise self.fatal
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+    def _headers(self, url: str, content_type: str | None = None) -> dict[str, str]:
+        """Request headers for `url`: the token only if `url` is on the configured origin."""
         h = {"Accept": "application/sdp"}
         if content_type:
             h["Content-Type"] = content_type
-        if self.config.token:
+        if self.config.token and same_origin(url, self.config.url):
             h["Authorization"] = f"Bearer {self.config.token}"
         return h
 
     # ------------------------------------------------------------ supervision
 
     async def _supervise(self) -> None:
+        """Keep one session up; only a configuration error ends this loop.
+
+        Anything else a server or a peer can cause (a garbled answer, a
+        body that is not UTF-8, an aiortc assertion) is one failed attempt:
+        one log line, counted, retried after a backoff capped at
+        `backoff_max_s`. Cancellation (a BaseException) passes through.
+        """
         backoff = self.config.backoff_s
         while True:
             got_frames = False
@@ -98,15 +126,24 @@ class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
                 self.fatal = exc
                 self.newest.close()
                 return
-            except (ConnectionLost, ProtocolError, TimeoutError) as exc:
+            except Exception as exc:
                 self.failures += 1
-                log.warning("camera %s: %s", self.name, exc or "connect timed out")
+                self.last_error = _reason(exc)
             finally:
                 self._set_stale(True, "session ended")
-                await self._teardown()
+                try:
+                    await self._teardown()
+                except Exception as exc:  # never let cleanup end the reconnect loop
+                    log.warning("camera %s: teardown failed: %s", self.name, _reason(exc))
             if got_frames:
                 backoff = self.config.backoff_s
-            log.info("camera %s: reconnecting in %.1f s", self.name, backoff)
+            log.warning(
+                "camera %s: %s (failure %d); reconnecting in %.1f s",
+                self.name,
+                self.last_error,
+                self.failures,
+                backoff,
+            )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.config.backoff_max_s)
 
@@ -142,54 +179,96 @@ class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
         answer = await self._post(pc.localDescription.sdp)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise ProtocolError(f"WHEP answer from {self.config.url} is unusable: {exc}") from None
+        except Exception as exc:  # aiortc reports bad SDP with many types, assertions included
+            raise ProtocolError(
+                f"WHEP answer from {self.config.url} is unusable: {_reason(exc)}"
+            ) from None
         track = await got_track
         pump = self._start_pump(track, transceiver.receiver, self.config.sender_clock)
         await pump.first_frame.wait()  # bounded by connect_timeout_s
 
     async def _post(self, offer: str) -> str:
+        """POST the offer, following redirects on the token's origin; the answer's text."""
         assert self._http is not None
         url = self.config.url
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 async with self._http.post(
-                    url, data=offer, headers=self._headers("application/sdp"),
+                    url,
+                    data=offer,
+                    headers=self._headers(url, "application/sdp"),
                     allow_redirects=False,
                 ) as resp:
-                    body = await resp.text()
                     if resp.status in (307, 308) and "Location" in resp.headers:
-                        url = urljoin(url, resp.headers["Location"])
+                        url = self._redirect(url, resp.headers["Location"])
                         continue
-                    if resp.status in (401, 403):
-                        raise DriverConfigError(
-                            f"WHEP {url}: {resp.status} (check the token option): {body.strip()}"
-                        )
                     if resp.status != 201:
-                        raise ConnectionLost(f"WHEP POST {url}: {resp.status} {body.strip()[:200]}")
+                        reason = await error_excerpt(resp)
+                        if resp.status in (401, 403):
+                            raise DriverConfigError(
+                                f"WHEP {url}: {resp.status} (check the token option): {reason}"
+                            )
+                        raise ConnectionLost(f"WHEP POST {url}: {resp.status} {reason}")
                     if "Location" not in resp.headers:
                         raise ProtocolError(f"WHEP POST {url}: 201 without Location")
                     if resp.content_type != "application/sdp":
-                        raise ProtocolError(f"WHEP POST {url}: answer is {resp.content_type}")
+                        raise ProtocolError(
+                            f"WHEP POST {url}: answer is {one_line(resp.content_type, 60)}"
+                        )
+                    try:
+                        body = await read_capped(resp, MAX_ANSWER_BYTES)
+                    except BodyTooLarge:
+                        raise ProtocolError(
+                            f"WHEP POST {url}: answer larger than {MAX_ANSWER_BYTES // 1024} KiB"
+                        ) from None
+                    try:
+                        answer = body.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise ProtocolError(f"WHEP POST {url}: answer is not UTF-8") from None
                     self.location = urljoin(str(resp.url), resp.headers["Location"])
-                    return body
+                    return answer
             except aiohttp.ClientError as exc:
-                raise ConnectionLost(f"WHEP POST {url}: {exc}") from exc
+                raise ConnectionLost(f"WHEP POST {url}: {_reason(exc)}") from exc
         raise ProtocolError(f"WHEP POST {self.config.url}: more than {MAX_REDIRECTS} redirects")
+
+    def _redirect(self, url: str, location: str) -> str:
+        """Where a redirect leads; refused if the token would have to leave its origin."""
+        target = urljoin(url, location)
+        if origin(target) is None:
+            raise ProtocolError(f"WHEP POST {url}: redirect to {one_line(target, 100)!r}")
+        if self.config.token and not same_origin(target, self.config.url):
+            raise DriverConfigError(
+                f"WHEP {self.config.url} redirects to another origin ({one_line(target, 100)}); "
+                "the token is sent only to the configured origin: configure that URL instead"
+            )
+        return target
 
     async def _teardown(self) -> None:
         """DELETE the session (best effort, bounded) and close the peer connection."""
         location, self.location = self.location, None
         pc, self._pc = self._pc, None
         try:
-            if location and self._http is not None:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            if location and self._http is not None and origin(location) is not None:
+                # the token goes along only if the Location is on the configured origin
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
                     async with self._http.delete(
-                        location, headers=self._headers(),
+                        location,
+                        headers=self._headers(location),
+                        allow_redirects=False,
                         timeout=aiohttp.ClientTimeout(total=2.0),
-                    ):
-                        pass
+                    ) as resp:
+                        resp.close()  # the body is of no interest, whatever its size
         finally:
             await self._stop_pump()
             if pc is not None:
                 await pc.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """One line naming what went wrong, for any exception (some have no message)."""
+    text = one_line(str(exc))
+    if isinstance(exc, (ConnectionLost, ProtocolError)) and text:
+        return text
+    if isinstance(exc, TimeoutError) and not text:
+        return "connect timed out"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -7,6 +7,11 @@ from urllib.parse import urlsplit
 
 from drivers.errors import DriverConfigError
 from drivers.webrtc.rtcp_clock import SenderClock
+from drivers.webrtc.whip_guard import check_token_text
+
+#: Upper bounds of the time options (seconds).
+LIMITS_S = {"watchdog_s": 60.0, "connect_timeout_s": 120.0, "backoff_s": 300.0,
+            "backoff_max_s": 300.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +22,7 @@ class WhepCameraConfig:
     public STUN server. `watchdog_s` without a frame makes the camera stale and
     starts a reconnect (with backoff from `backoff_s` doubling up to
     `backoff_max_s`); `connect_timeout_s` bounds one attempt up to its first frame.
+    `token` is sent only to the origin of `url`.
     """
 
     url: str = ""
@@ -37,9 +43,18 @@ class WhepCameraConfig:
                 f"WHEP url {self.url!r} must be http(s)://host[:port]/path, "
                 "e.g. whep+http://cam-host:8889/wrist/whep"
             )
-        for key in ("watchdog_s", "connect_timeout_s", "backoff_s", "backoff_max_s"):
-            if not getattr(self, key) > 0:
-                raise DriverConfigError(f"{key} must be > 0, got {getattr(self, key)!r}")
+        # bounded both ways: a huge watchdog or timeout switches the check off
+        for key, most in LIMITS_S.items():
+            value = getattr(self, key)
+            if not 0 < value <= most:
+                raise DriverConfigError(f"{key} must be > 0 and <= {most:g}, got {value!r}")
+        if self.backoff_s > self.backoff_max_s:
+            raise DriverConfigError(
+                f"backoff_s ({self.backoff_s:g}) must not exceed backoff_max_s "
+                f"({self.backoff_max_s:g})"
+            )
+        if self.token is not None:
+            check_token_text(self.token, "the token option")
 
     def camera_name(self) -> str:
         if self.name:

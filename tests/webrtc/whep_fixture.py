@@ -8,6 +8,13 @@ bad offer, `404` for an unknown path or session, `401` for a wrong token.
 
 Runs in-process (`WhepFixture`) or as a process that a test can SIGKILL:
 `python -m tests.webrtc.whep_fixture PORT [PATH]` prints `ready PORT`.
+
+It can also misbehave as a hostile or broken server would: `script` lists
+what the next POSTs get instead of a proper answer (see `MISBEHAVIOURS`),
+`redirect_to` sends `/moved/whep` to an absolute URL (another origin),
+`location_base` puts session Locations on another origin, and `requests`
+records every request with its Authorization header, so a test can assert
+where a token went.
 """
 
 from __future__ import annotations
@@ -15,12 +22,24 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from drivers.webrtc import ice
 from drivers.webrtc.paint import PaintedTrack
+
+#: What `WhepFixture.script` entries make the next POST answer.
+MISBEHAVIOURS = (
+    "non_utf8_error",  # 500 with a body that is not UTF-8
+    "garbage_answer",  # 201 whose SDP makes aiortc raise an AssertionError
+    "non_utf8_answer",  # 201 application/sdp that is not UTF-8
+    "huge_error",  # 500 with a 60 MB body (Content-Length)
+    "huge_answer",  # 201 application/sdp, 60 MB, chunked
+    "not_found",  # 404: MediaMTX's answer while nobody publishes on the path
+)
+HUGE = 60 * 1024 * 1024
 
 
 class WhepFixture:
@@ -31,11 +50,29 @@ class WhepFixture:
         self.sessions: dict[str, Any] = {}
         self.posts = 0
         self.deletes = 0
+        self.script: list[str] = []
+        self.redirect_to: str | None = None
+        self.location_base: str | None = None
+        #: (method, path, Authorization header or None) of every request
+        self.requests: list[tuple[str, str, str | None]] = []
+        self.huge_bytes_sent = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
+    @web.middleware
+    async def _record(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.requests.append(
+            (request.method, request.path, request.headers.get("Authorization"))
+        )
+        return await handler(request)
+
+    def authorizations(self) -> list[str]:
+        return [a for _, _, a in self.requests if a is not None]
+
     async def start(self, port: int = 0) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._record])
         app.router.add_post("/{path}/whep", self._post)
         app.router.add_patch("/{path}/whep/{sid}", self._patch)
         app.router.add_delete("/{path}/whep/{sid}", self._delete)
@@ -60,7 +97,8 @@ class WhepFixture:
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
         if request.match_info["path"] == "moved":
-            return web.Response(status=307, headers={"Location": f"/{self.path}/whep"})
+            target = self.redirect_to or f"/{self.path}/whep"
+            return web.Response(status=307, headers={"Location": target})
         if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.Response(status=401, text="unauthorized")
         if request.match_info["path"] != self.path:
@@ -68,6 +106,8 @@ class WhepFixture:
         if request.content_type != "application/sdp":
             return web.Response(status=400, text="invalid SDP")
         self.posts += 1
+        if self.script:
+            return await self._misbehave(request, self.script.pop(0))
         pc = RTCPeerConnection(ice.rtc_configuration())
         try:
             await pc.setRemoteDescription(
@@ -81,8 +121,55 @@ class WhepFixture:
         self.sessions[sid] = pc
         return web.Response(
             status=201, text=pc.localDescription.sdp, content_type="application/sdp",
-            headers={"Location": f"/{self.path}/whep/{sid}", "ETag": '"*"',
-                     "Accept-Patch": "application/trickle-ice-sdpfrag"})
+            headers={"Location": f"{self.location_base or ''}/{self.path}/whep/{sid}",
+                     "ETag": '"*"', "Accept-Patch": "application/trickle-ice-sdpfrag"})
+
+    async def _misbehave(self, request: web.Request, how: str) -> web.StreamResponse:
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        if how == "non_utf8_error":
+            return web.Response(status=500, body=b"\xff\xfe broken \x80\xc3(")
+        if how == "not_found":
+            return web.Response(status=404, text="no stream is available on path")
+        if how == "non_utf8_answer":
+            return web.Response(
+                status=201, body=b"v=0\r\n\xff\xfe\r\n", content_type="application/sdp",
+                headers={"Location": f"/{self.path}/whep/x"})
+        if how == "garbage_answer":
+            pc = RTCPeerConnection(ice.rtc_configuration())
+            try:
+                await pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=await request.text(), type="offer"))
+                pc.addTrack(PaintedTrack(self.fps))
+                await pc.setLocalDescription(await pc.createAnswer())
+                lines = pc.localDescription.sdp.split("\r\n")
+            finally:
+                await pc.close()
+            # half an m= line: aiortc's parser fails with an AssertionError
+            garbled = [ln[: len(ln) // 2] if ln.startswith("m=") else ln for ln in lines]
+            return web.Response(
+                status=201, text="\r\n".join(garbled), content_type="application/sdp",
+                headers={"Location": f"/{self.path}/whep/x"})
+        if how in ("huge_error", "huge_answer"):
+            resp = web.StreamResponse(status=500 if how == "huge_error" else 201)
+            if how == "huge_error":
+                resp.content_length = HUGE
+                resp.content_type = "text/plain"
+            else:
+                resp.content_type = "application/sdp"
+                resp.headers["Location"] = f"/{self.path}/whep/x"
+                resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            chunk = b"x" * 65536
+            try:
+                for _ in range(HUGE // len(chunk)):
+                    await resp.write(chunk)
+                    self.huge_bytes_sent += len(chunk)
+                await resp.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass  # the client hung up, as it should
+            return resp
+        raise ValueError(f"unknown misbehaviour {how!r} (one of {MISBEHAVIOURS})")
 
     async def _patch(self, request: web.Request) -> web.Response:
         if request.match_info["sid"] not in self.sessions:
