@@ -19,6 +19,13 @@ import aiohttp
 
 from drivers.errors import ConnectionLost, ProtocolError
 from drivers.webrtc import ice
+from drivers.webrtc.http_limits import (
+    MAX_ANSWER_BYTES,
+    BodyTooLarge,
+    error_excerpt,
+    read_capped,
+    same_origin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +43,12 @@ class WhipPublisher:
         self.location: str | None = None
         self.pc: Any = None
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+    def _headers(self, url: str, content_type: str | None = None) -> dict[str, str]:
+        """Headers for `url`; the token only if `url` is on the endpoint's origin."""
         h = {}
         if content_type:
             h["Content-Type"] = content_type
-        if self.token:
+        if self.token and same_origin(url, self.url):
             h["Authorization"] = f"Bearer {self.token}"
         return h
 
@@ -53,11 +61,18 @@ class WhipPublisher:
         offer = self.pc.localDescription.sdp
         try:
             async with aiohttp.ClientSession() as http, http.post(
-                self.url, data=offer, headers=self._headers("application/sdp")
+                self.url,
+                data=offer,
+                headers=self._headers(self.url, "application/sdp"),
+                allow_redirects=False,  # a redirect would carry the token along
             ) as resp:
-                body = await resp.text()
                 if resp.status != 201:
-                    raise ProtocolError(f"WHIP POST {self.url}: {resp.status} {body.strip()}")
+                    reason = await error_excerpt(resp)
+                    raise ProtocolError(f"WHIP POST {self.url}: {resp.status} {reason}")
+                try:
+                    body = (await read_capped(resp, MAX_ANSWER_BYTES)).decode("utf-8")
+                except (BodyTooLarge, UnicodeDecodeError) as exc:
+                    raise ProtocolError(f"WHIP POST {self.url}: unusable answer: {exc}") from None
                 self.location = urljoin(str(resp.url), resp.headers.get("Location", ""))
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         except aiohttp.ClientError as exc:
@@ -75,10 +90,13 @@ class WhipPublisher:
         try:
             if self.location:
                 async with aiohttp.ClientSession() as http, http.delete(
-                    self.location, headers=self._headers(), timeout=aiohttp.ClientTimeout(total=3)
-                ):
-                    pass
-        except (aiohttp.ClientError, TimeoutError):
+                    self.location,
+                    headers=self._headers(self.location),
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=3),
+                ) as resp:
+                    resp.close()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             pass
         finally:
             await pc.close()

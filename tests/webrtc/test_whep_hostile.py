@@ -142,3 +142,17 @@ def test_whep_config_bounds() -> None:
         WhepCamera.from_spec("http://h/x/whep", {"watchdog_s": 1e9})
     with pytest.raises(DriverConfigError, match="ASCII"):
         WhepCamera.from_spec("http://h/x/whep", {"token": "tök"})
+
+
+async def test_whip_publisher_never_follows_a_redirect_with_its_token() -> None:
+    from drivers.errors import ProtocolError
+    from drivers.webrtc.paint import PaintedTrack
+    from drivers.webrtc.publish import WhipPublisher
+
+    async with fixtures(1) as [home], fixtures(1) as [foreign]:
+        home.redirect_to = foreign.url
+        url = f"http://127.0.0.1:{home.port}/moved/whep"
+        with pytest.raises(ProtocolError, match="307"):
+            async with WhipPublisher(url, PaintedTrack(30), token="tk"):
+                pass
+        assert not foreign.requests
