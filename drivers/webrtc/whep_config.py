@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from drivers.errors import DriverConfigError
@@ -27,7 +27,7 @@ class WhepCameraConfig:
 
     url: str = ""
     name: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # never in a log line
     watchdog_s: float = 2.0
     connect_timeout_s: float = 10.0
     backoff_s: float = 0.5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from drivers.errors import DriverConfigError
 from drivers.webrtc.rtcp_clock import SenderClock
@@ -34,7 +34,7 @@ class WhipCameraConfig:
 
     address: str = "front"
     name: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # never in a log line
     token_file: str | None = None
     auth: bool | None = None
     allowed_hosts: tuple[str, ...] = ()

@@ -142,6 +142,7 @@ def test_whep_config_bounds() -> None:
         WhepCamera.from_spec("http://h/x/whep", {"watchdog_s": 1e9})
     with pytest.raises(DriverConfigError, match="ASCII"):
         WhepCamera.from_spec("http://h/x/whep", {"token": "tök"})
+    assert "s3cret" not in repr(WhepCamera.from_spec("http://h/x/whep", {"token": "s3cret"}).config)
 
 
 async def test_whip_publisher_never_follows_a_redirect_with_its_token() -> None:

@@ -351,6 +351,7 @@ def test_no_token_is_made_up_beyond_loopback() -> None:
         whip("0.0.0.0:0/front")
     with pytest.raises(DriverConfigError, match="visible ASCII"):
         whip(token="tök en")
+    assert "s3cret" not in repr(whip(token="s3cret").config)  # configs end up in logs
 
 
 async def test_token_file_is_generated_0600_and_only_its_fingerprint_is_logged(
