@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from drivers.ur.sim.arm import (
     Arm,
     forward_kinematics,
 )
+from drivers.ur.sim.record import TAG_FIELD, SimRecorder
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ class _Session:
     streaming: bool = False
     next_send: float = 0.0
     held: list[bytes] = field(default_factory=list)
+    #: bytes waiting out `link_delay`, with the time each may leave (in order)
+    late: deque[tuple[float, bytes]] = field(default_factory=deque)
 
 
 class UrSimulator:
@@ -88,6 +92,8 @@ class UrSimulator:
         self.silent = False
         self.inputs_received = 0
         self.scripts_received = 0
+        #: ground truth of what was sent and taken, while recording (see `record()`)
+        self.recorder: SimRecorder | None = None
         self._servers: list[asyncio.Server] = []
         self._tick_task: asyncio.Task[None] | None = None
         self._conn_tasks: set[asyncio.Task[Any]] = set()
@@ -175,8 +181,22 @@ class UrSimulator:
         self.arm.say(message, level)
 
     def delay_link(self, seconds: float) -> None:
-        """From now on, deliver every RTDE packet `seconds` late (order kept)."""
+        """From now on, deliver every RTDE packet `seconds` late (order kept).
+
+        Order is kept when the delay changes too, as on a TCP link: after a
+        smaller delay (or none), new bytes still leave after the ones already
+        waiting, never overtaking them.
+        """
         self.link_delay = seconds
+
+    def record(self, recorder: SimRecorder | None = None) -> SimRecorder:
+        """Start logging samples sent and inputs taken, tagging each sample with its serial.
+
+        The ground truth a test judges the driver's clock mapping against
+        (see `drivers.ur.sim.record`). Returns the recorder.
+        """
+        self.recorder = recorder or SimRecorder()
+        return self.recorder
 
     def freeze_timestamp(self) -> None:
         """The robot's clock stops: `timestamp` repeats its current value from now on."""
@@ -232,6 +252,8 @@ class UrSimulator:
         messages, self.arm.messages = self.arm.messages, []
         corrupt = self.corrupt if self.corrupt_packets > 0 else {}
         sent_sample = False
+        recorder = self.recorder
+        serial = 0
         for s in list(self.sessions):
             out = b"".join(codec.text_message(m, "sim", lvl, s.protocol) for m, lvl in messages)
             if s.streaming and s.out_recipe is not None and now >= self.data_paused_until:
@@ -239,6 +261,11 @@ class UrSimulator:
                     s.next_send = max(s.next_send + 1.0 / s.frequency, now)
                     values = [corrupt[n] if n in corrupt else self._output(n)
                               for n in s.out_recipe.names]
+                    if recorder is not None:
+                        serial = serial or self._record_sample(recorder, now, corrupt)
+                        values = [SimRecorder.tagged(v, serial)
+                                  if n == TAG_FIELD and n not in corrupt else v
+                                  for n, v in zip(s.out_recipe.names, values, strict=True)]
                     sent_sample = True
                     s.held.append(s.out_recipe.pack(values, s.protocol >= 2))
                     if len(s.held) >= self.coalesce:
@@ -253,8 +280,8 @@ class UrSimulator:
                 log.warning("sim: RTDE client does not drain its data; dropping it")
                 transport.abort()
                 continue
-            if self.link_delay > 0:
-                asyncio.get_running_loop().call_later(self.link_delay, self._late_write, s, out)
+            if self.link_delay > 0 or s.late:
+                self._write_delayed(s, out)
             elif self.split_packets and len(out) > 4:
                 cut = len(out) // 2
                 transport.write(out[:cut])
@@ -264,10 +291,34 @@ class UrSimulator:
         if sent_sample and self.corrupt_packets > 0:
             self.corrupt_packets -= 1
 
+    def _record_sample(self, recorder: SimRecorder, now: float, corrupt: dict[str, Any]) -> int:
+        serial = recorder.next_serial()
+        timestamp = corrupt["timestamp"] if "timestamp" in corrupt else self._output("timestamp")
+        recorder.sample_sent(serial, now, timestamp)
+        return serial
+
     @staticmethod
     def _late_write(s: _Session, data: bytes) -> None:
         if not s.writer.transport.is_closing():
             s.writer.transport.write(data)
+
+    def _write_delayed(self, s: _Session, data: bytes) -> None:
+        """Send `data` `link_delay` from now, but never before bytes already waiting."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.link_delay
+        if s.late:
+            due = max(due, s.late[-1][0])
+        s.late.append((due, data))
+        if len(s.late) == 1:
+            loop.call_at(due, self._drain_late, s)
+
+    def _drain_late(self, s: _Session) -> None:
+        loop = asyncio.get_running_loop()
+        while s.late and s.late[0][0] <= loop.time() + 1e-4:  # a timer may fire a hair early
+            _, data = s.late.popleft()
+            self._late_write(s, data)
+        if s.late:
+            loop.call_at(s.late[0][0], self._drain_late, s)
 
     # ---------------------------------------------------------------- RTDE
 
@@ -333,9 +384,8 @@ class UrSimulator:
                 try:
                     for kind, body in codec.split_stream(buf):
                         reply = self._rtde_request(s, kind, body)
-                        if reply and self.link_delay > 0:
-                            asyncio.get_running_loop().call_later(
-                                self.link_delay, self._late_write, s, reply)
+                        if reply and (self.link_delay > 0 or s.late):
+                            self._write_delayed(s, reply)
                         elif reply:
                             writer.write(reply)
                 except codec.SimProtocolError as exc:
@@ -397,8 +447,11 @@ class UrSimulator:
                 raise codec.SimProtocolError("data packet before an input recipe")
             if asyncio.get_running_loop().time() < self.inputs_ignored_until:
                 return b""
-            self.arm.write_inputs(s.in_recipe.unpack(body))
+            values = s.in_recipe.unpack(body)
+            self.arm.write_inputs(values)
             self.inputs_received += 1
+            if self.recorder is not None:
+                self.recorder.inputs_taken(asyncio.get_running_loop().time(), values)
             return b""
         if kind == codec.M:
             return b""
