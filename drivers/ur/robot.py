@@ -263,6 +263,11 @@ class UR5Robot(ConfiguredDriver):
                 f"{self.name}: no RTDE link to {self.config.host} within"
                 f" {self.config.connect_timeout:g} s (last error: {self._last_error})"
             ) from None
+        except BaseException:
+            # Cancelled (an operator's stop while connecting) or failed: a context
+            # manager whose enter raises gets no exit, so take nothing with us.
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -371,6 +376,17 @@ class UR5Robot(ConfiguredDriver):
         program acknowledged its start; raises NotReady (with the reason) or
         ConnectionLost otherwise.
         """
+        # Judge the arm on a sample newer than the request: a person who just
+        # unlocked on the pendant must not be refused on a sample from before.
+        before = self._latest_values
+        try:
+            async with asyncio.timeout(self.config.stale_after):
+                while self._latest_values is before and not self._closed:
+                    await self._new_state.wait()
+        except TimeoutError:
+            raise ConnectionLost(
+                f"{self.name}: no RTDE data for {self.config.stale_after:g} s, cannot resume"
+            ) from None
         client = self._client
         values = self._latest_values
         if client is None or not client.connected or values is None:

@@ -146,3 +146,12 @@ async def test_the_simulators_view_catches_stale_commands_the_driver_hides() -> 
     assert row.stale_commands > 5, shown
     assert row.max_state_age_at_act_ms is not None and row.max_state_age_at_act_ms > 250, shown
     assert not row.ok and any("stale state" in b for b in row.broken), shown
+
+
+async def test_a_stop_while_connecting_ends_at_once_and_leaves_no_driver_task() -> None:
+    from controller.fault_matrix_real import exit_row
+
+    row = await exit_row()
+    assert row.robot_stop_calls >= 1, row
+    assert row.driver_tasks_left == [], row  # the cancelled connect cleaned up after itself
+    assert row.ok, row.broken

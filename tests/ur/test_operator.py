@@ -183,6 +183,20 @@ async def test_resume_refuses_an_arm_that_is_not_running(sim: UrSimulator, host:
         assert sim.scripts_received == 2
 
 
+async def test_resume_right_after_the_unlock_judges_a_sample_newer_than_the_request(
+    sim: UrSimulator, host: str
+) -> None:
+    """A person unlocks and asks at once: the newest sample may still show the stop."""
+    async with make(host) as robot:
+        await _moving(robot, sim)
+        sim.protective_stop()
+        await asyncio.sleep(6.0)
+        unlock_on_pendant(sim)
+        await robot.resume()  # no sleep: the driver waits for a sample taken after the unlock
+        await ready_state(robot, 1.0)
+        assert sim.scripts_received == 2
+
+
 async def test_watchdog_stop_of_our_own_is_restarted(
     sim: UrSimulator, host: str, caplog: pytest.LogCaptureFixture
 ) -> None:
