@@ -1,8 +1,26 @@
 """`python -m controller`: build drivers and policy from flags and TOML, run, report.
 
-Exit codes: 0 after a normal stop (duration elapsed, SIGINT/SIGTERM), 1 when
-the run failed (the robot was stopped first), 2 for bad flags or config, each
-reported as one line that names the value at fault.
+Exit codes:
+
+* 0: a normal stop: the duration elapsed, or a first SIGINT / SIGTERM (an
+  operator's stop) was honoured.
+* 1: the run failed (any exception from the runtime, a driver or a policy,
+  in any phase), reported as `run failed: TypeName: message`, after the robot
+  was stopped.
+* 2: bad flags, config or device, one line naming the value at fault; also a
+  configuration that could not be turned into drivers and a policy.
+* 129 (128 + SIGHUP): the terminal or SSH session went away; the run was
+  stopped as for SIGTERM, but it did not end by anyone's choice, so a
+  supervisor can tell it from an operator's stop.
+* 128 + N: a second signal N had to cancel the run (the robot is still
+  stopped, bounded, by the runtime's `finally`).
+
+SIGINT, SIGTERM and SIGHUP are caught from the first line of `main` (and, under
+`python -m controller`, before the CLI is even imported), in every phase:
+before the run they only mean "do not connect"; during it the first one asks
+the controller to stop, a second one cancels the run. Signals ignored when
+the process started (`nohup`, a background job) stay ignored. In every case
+the summary is printed and `--stats-json` written.
 """
 
 from __future__ import annotations
@@ -13,13 +31,15 @@ import json
 import logging
 import signal
 import sys
+import threading
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
-from controller.config import RunConfig, from_mapping, load_file
-from controller.errors import USER_ERRORS, ConfigError, DriverError, PolicyError, WarmupError
+from controller.config import DEFAULT_POLICY, RunConfig, as_table, from_mapping, load_file
+from controller.errors import USER_ERRORS
 from controller.executor import ComputeExecutor
 from controller.runtime import Controller
 from controller.telemetry import format_summary
@@ -27,6 +47,16 @@ from controller.telemetry import format_summary
 log = logging.getLogger("controller")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: What ends a run from outside: Ctrl-C, `kill`/systemd, a closed terminal.
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+#: A first SIGINT/SIGTERM is an operator's stop: a normal end, exit 0.
+_OPERATOR_SIGNALS = frozenset(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)
+)
+#: Longest message printed: a repr of a huge array must not flood the terminal.
+_MAX_MESSAGE = 1000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -160,8 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overlay(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
-    """Apply the flags on top of the TOML document."""
+def _overlay(args: argparse.Namespace, data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Apply the flags on top of the TOML document.
+
+    Tables are type-checked before they are merged (`robot = 5` is named as
+    such, not a TypeError), and a `[policy]` table without `name` means the
+    default policy, so `--checkpoint` alone works as the README shows.
+    """
     data = dict(data)
     for flag, key in (
         ("hz", "hz"),
@@ -176,14 +211,13 @@ def _overlay(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
         value = getattr(args, flag)
         if value is not None:
             data[key] = value
-    safety = dict(data.get("safety", {}) or {})
+    safety = as_table(f"{source}: safety", data.get("safety", {}))
     for flag in ("max_feature_age", "max_state_age", "limit_mode"):
         if getattr(args, flag) is not None:
             safety[flag] = getattr(args, flag)
     if safety:
         data["safety"] = safety
-    robot = data.get("robot", {"driver": "fake"})
-    robot = {"driver": robot} if isinstance(robot, str) else dict(robot)
+    robot = as_table(f"{source}: robot", data.get("robot", {"driver": "fake"}), spec_key="driver")
     if args.robot and args.robot != robot.get("driver"):
         robot = {"driver": args.robot}  # options of another driver do not carry over
     if args.robot_host:
@@ -194,10 +228,9 @@ def _overlay(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
         data["cameras"] = [{"spec": c} for c in args.camera]
     if args.sensor:
         data["sensors"] = [{"spec": s} for s in args.sensor]
-    policy = data.get("policy", {})
-    policy = {"name": policy} if isinstance(policy, str) else dict(policy)
-    if args.policy and args.policy != policy.get("name", args.policy):
-        policy = {}
+    policy = as_table(f"{source}: policy", data.get("policy", {}), spec_key="name")
+    if args.policy and args.policy != policy.get("name", DEFAULT_POLICY):
+        policy = {}  # options of another policy do not carry over
     if args.policy:
         policy["name"] = args.policy
     if args.checkpoint:
@@ -240,33 +273,118 @@ def build(run: RunConfig) -> Controller:
     )
 
 
-async def _run(controller: Controller, duration: float | None) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-    signals = 0
+class SignalRouter:
+    """SIGINT, SIGTERM and SIGHUP -> a controller stop, in every phase of the process.
 
-    def on_signal(name: str) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            controller.request_stop(name)
-        else:
-            log.warning("second %s: cancelling (the robot is still stopped)", name)
-            main.cancel()
+    Outside the event loop (flag parsing, building the policy, printing the
+    summary) a plain `signal.signal` handler only records the signal: Python's
+    defaults would raise KeyboardInterrupt mid-import or, for SIGHUP, kill the
+    process with no `robot.stop()`, no summary and no stats. While the loop
+    runs, `loop.add_signal_handler` routes them to `_deliver`: the first asks
+    the controller to stop (the runtime honours that in every phase), a
+    second cancels the main task (the runtime's `finally` still stops the
+    robot, bounded). Signals that were ignored at start are left ignored.
+    """
 
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, on_signal, sig.name)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):
-            pass
+    def __init__(self, early: Sequence[int] = ()) -> None:
+        self.received: list[signal.Signals] = [signal.Signals(s) for s in early]
+        self._previous: dict[signal.Signals, Any] = {}
+        self._controller: Controller | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    @property
+    def signals(self) -> tuple[signal.Signals, ...]:
+        return tuple(self._previous)
+
+    def install(self) -> None:
+        """Catch the stop signals with recording handlers (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in STOP_SIGNALS:
+            current = signal.getsignal(sig)
+            if current is signal.SIG_IGN:
+                continue  # nohup / background job: the user asked for this
+            self._previous.setdefault(sig, current)
+            signal.signal(sig, self._record)
+
+    def restore(self) -> None:
+        """Put back the handlers found at `install` (matters when `main` runs in-process)."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _record(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signal.Signals(signum))
+
+    def _deliver(self, sig: signal.Signals) -> None:
+        self.received.append(sig)
+        self._act(len(self.received) - 1)
+
+    def _act(self, index: int) -> None:
+        sig = self.received[index]
+        if index == 0:
+            if self._controller is not None:
+                self._controller.request_stop(f"signal {sig.name}")
+        elif self._task is not None and not self._task.done():
+            log.warning("second signal %s: cancelling the run (the robot is still stopped)", sig.name)
+            self._task.cancel()
+
+    def attach(self, controller: Controller) -> Callable[[], None]:
+        """Route the signals to `controller` on the running loop; returns the detach function.
+
+        Signals recorded before the loop took over are replayed, so one that
+        landed between `asyncio.Runner` starting and this call is not lost.
+        """
+        loop = asyncio.get_running_loop()
+        self._controller, self._task = controller, asyncio.current_task()
+        installed: list[signal.Signals] = []
+        for sig in self.signals:
+            try:
+                loop.add_signal_handler(sig, self._deliver, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread, or no signals here: the plain handler stays
+        for index in range(len(self.received)):
+            self._act(index)
+
+        def detach() -> None:
+            for sig in installed:
+                loop.remove_signal_handler(sig)  # resets to SIG_DFL: take it back
+                signal.signal(sig, self._record)
+            self._controller = self._task = None
+
+        return detach
+
+    def exit_code(self, default: int) -> int:
+        """The exit code of a run that ended without an error, given the signals seen."""
+        if not self.received:
+            return default
+        if len(self.received) > 1:
+            return 128 + int(self.received[1])
+        first = self.received[0]
+        return default if first in _OPERATOR_SIGNALS else 128 + int(first)
+
+
+async def _run(controller: Controller, duration: float | None, router: SignalRouter) -> dict[str, Any]:
+    detach = router.attach(controller)
     try:
         return await controller.run(duration)
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        detach()
+
+
+def _one_line(text: str) -> str:
+    """A message as one bounded line: exceptions from libraries may span many."""
+    line = "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return line if len(line) <= _MAX_MESSAGE else line[: _MAX_MESSAGE - 3] + "..."
+
+
+def describe(exc: BaseException) -> str:
+    """`TypeName: message`, one line; an exception group names each of its leaves."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in exc.exceptions)
+    message = _one_line(str(exc))
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _loop_factory(no_uvloop: bool) -> Any:
@@ -279,7 +397,21 @@ def _loop_factory(no_uvloop: bool) -> Any:
     return uvloop.new_event_loop
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, early_signals: Sequence[int] = ()) -> int:
+    """Run the controller from the command line; returns the exit code (see the module doc).
+
+    `early_signals` are signals `controller.__main__` caught before this
+    module was imported.
+    """
+    router = SignalRouter(early_signals)
+    router.install()
+    try:
+        return _main(argv, router)
+    finally:
+        router.restore()
+
+
+def _main(argv: Sequence[str] | None, router: SignalRouter) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -293,25 +425,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     try:
         data = load_file(args.config) if args.config else {}
-        run = from_mapping(_overlay(args, data), source=args.config or "flags")
+        source = args.config or "flags"
+        run = from_mapping(_overlay(args, data, source), source=source)
         controller = build(run)
     except USER_ERRORS as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        # A plugin's constructor may raise anything on options it dislikes;
+        # nothing has connected yet, so this is still a configuration error.
+        print(
+            f"{prog}: error: cannot build the drivers and policy: {describe(exc)}", file=sys.stderr
+        )
         return EXIT_USAGE
     summary: dict[str, Any] | None = None
     code = EXIT_OK
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop)) as runner:
-            summary = runner.run(_run(controller, run.duration))
-    except USER_ERRORS as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        code = EXIT_USAGE
-    except (DriverError, PolicyError, WarmupError, ConfigError, OSError) as exc:
-        print(f"{prog}: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        code = EXIT_FAILED
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print(f"{prog}: interrupted", file=sys.stderr)
-        code = 130
+    if router.received:
+        names = ", ".join(s.name for s in router.received)
+        print(f"{prog}: {names} before the run started: not connecting", file=sys.stderr)
+        code = router.exit_code(EXIT_OK)
+    else:
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop)) as runner:
+                summary = runner.run(_run(controller, run.duration, router))
+            code = router.exit_code(EXIT_OK)
+        except USER_ERRORS as exc:
+            print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
+            code = EXIT_USAGE
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            print(f"{prog}: interrupted", file=sys.stderr)
+            code = router.exit_code(130) if len(router.received) > 1 else 130
+        except Exception as exc:
+            # Whatever a driver, a policy or the runtime raised, in any phase:
+            # one line, and the summary and stats below are still produced.
+            print(f"{prog}: run failed: {describe(exc)}", file=sys.stderr)
+            code = EXIT_FAILED
     if summary is None:
         summary = controller.telemetry.summary()
     summary = {
@@ -321,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "policy": run.policy,
         "cameras": [c.spec for c in run.cameras],
         "robot_stop_calls": controller.robot_stops,
+        "signals": [s.name for s in router.received],
     }
     print(format_summary(summary))
     if run.stats_json:

@@ -7,6 +7,9 @@ names the key, the value and what would be accepted.
 from __future__ import annotations
 
 import math
+import os
+import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,15 @@ from typing import Any
 from controller.errors import ConfigError
 from controller.runtime import ControllerConfig
 from controller.safety import SafetyConfig
+
+#: The policy a run uses when neither `--policy` nor `policy.name` names one.
+DEFAULT_POLICY = "qwen-vla"
+#: A config file is a few hundred bytes; refusing anything over this keeps a
+#: wrong path (`/dev/zero`, a video, a core dump) from being read into memory.
+MAX_CONFIG_BYTES = 1 << 20
+#: Longest run accepted (about 115 days): beyond it a typo, not an intent.
+MAX_DURATION = 1e7
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,4})?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +43,7 @@ class RunConfig:
     robot: DriverEntry = field(default_factory=lambda: DriverEntry("fake"))
     cameras: tuple[DriverEntry, ...] = (DriverEntry("fake"),)
     sensors: tuple[DriverEntry, ...] = ()
-    policy: str = "qwen-vla"
+    policy: str = DEFAULT_POLICY
     policy_options: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     duration: float | None = None
@@ -80,15 +92,54 @@ def _driver_entry(where: str, table: Any, *, spec_key: str) -> DriverEntry:
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
+    """Read and parse a TOML config file; every failure is one `ConfigError` line.
+
+    Only a regular file of at most `MAX_CONFIG_BYTES` is read: a FIFO would
+    block forever and `/dev/zero` would read until memory ran out. The file
+    is opened non-blocking so that even a FIFO is refused without waiting.
+    """
+    name = repr(str(path))
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {name} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+        raise ConfigError(f"config file {name} cannot be read: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"config file {name} is not a regular file")
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"config file {name} cannot be read: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {name} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {name} is not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {name} is not valid TOML: {exc}") from None
+
+
+def as_table(where: str, value: Any, *, spec_key: str | None = None) -> dict[str, Any]:
+    """`value` as a (copied) table; a spec string `"fake"` is `{spec_key: "fake"}`.
+
+    The CLI merges flags into these tables before `from_mapping` sees them, so
+    a wrong type (`robot = 5`) must be named here rather than fail as a
+    TypeError inside the merge.
+    """
+    if isinstance(value, dict):
+        return dict(value)
+    if spec_key is not None and isinstance(value, str):
+        return {spec_key: value}
+    wanted = "a table" if spec_key is None else "a table or a name string"
+    raise ConfigError(f"{where} must be {wanted}, got {value!r}")
 
 
 def from_mapping(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -98,9 +149,7 @@ def from_mapping(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise ConfigError(
             f"{source}: unknown key(s) {', '.join(sorted(unknown))} (accepted: {', '.join(sorted(_TOP))})"
         )
-    safety_tbl = data.get("safety", {})
-    if not isinstance(safety_tbl, dict):
-        raise ConfigError(f"{source}: [safety] must be a table")
+    safety_tbl = as_table(f"{source}: safety", data.get("safety", {}))
     bad = set(safety_tbl) - _SAFETY
     if bad:
         raise ConfigError(
@@ -165,21 +214,25 @@ def from_mapping(data: dict[str, Any], source: str = "config") -> RunConfig:
             out["policy"] = pol
         elif isinstance(pol, dict):
             opts = dict(pol)
-            name = opts.pop("name", RunConfig.policy)
+            # Not `RunConfig.policy`: on a slots dataclass that is the field's
+            # member descriptor, not its default.
+            name = opts.pop("name", DEFAULT_POLICY)
             if not isinstance(name, str):
                 raise ConfigError(f"{source}: policy.name must be a string, got {name!r}")
             out["policy"], out["policy_options"] = name, opts
         else:
-            raise ConfigError(f"{source}: policy must be a name or a table")
+            raise ConfigError(f"{source}: policy must be a name or a table, got {pol!r}")
     if "device" in data:
         dev = data["device"]
-        if not isinstance(dev, str) or not (
-            dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")
-        ):
+        if not isinstance(dev, str) or not _DEVICE.fullmatch(dev):
             raise ConfigError(f"{source}: device must be auto, cpu, cuda or cuda:N, got {dev!r}")
         out["device"] = dev
     if "duration" in data:
         out["duration"] = _number(f"{source}: duration", data["duration"])
+        if out["duration"] > MAX_DURATION:
+            raise ConfigError(
+                f"{source}: duration must be at most {MAX_DURATION:g} s, got {data['duration']!r}"
+            )
     if "stats_json" in data:
         if not isinstance(data["stats_json"], str):
             raise ConfigError(f"{source}: stats_json must be a path string")

@@ -22,10 +22,13 @@ import asyncio
 import enum
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
+
+from controller.errors import ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,24 +59,53 @@ def default_cpu_threads() -> int:
     return max(1, (os.cpu_count() or 1) // 4)
 
 
+#: `cuda` or `cuda:N`, N a small decimal index (`cuda:abc`, `cuda:-1` are typos).
+_CUDA = re.compile(r"cuda(?::([0-9]{1,4}))?")
+
+
+class DeviceError(ConfigError, RuntimeError):
+    """The requested compute device is unknown or absent on this machine.
+
+    A `ConfigError`, because it is bad input the CLI reports as one line
+    (exit 2) rather than a failed run; also a `RuntimeError`, the type this
+    function raised before, so existing callers keep catching it.
+    """
+
+
 def resolve_device(requested: str, cpu_threads: int | None = None) -> str:
-    """`auto` -> `cuda` when torch sees a GPU, else `cpu`; anything else is checked and kept."""
+    """`auto` -> `cuda` when torch sees a GPU, else `cpu`; anything else is checked and kept.
+
+    Raises `DeviceError` (one line naming the device and what this machine
+    has) instead of letting torch fail on first use deep inside a policy.
+    """
+    cuda = _CUDA.fullmatch(requested) if isinstance(requested, str) else None
+    if requested not in ("auto", "cpu") and cuda is None:
+        raise DeviceError(f"unknown device {requested!r} (accepted: auto, cpu, cuda, cuda:N)")
     try:
         import torch
     except ImportError:
         if requested in ("auto", "cpu"):
             return "cpu"
-        raise RuntimeError(f"device {requested!r} needs torch, which is not installed") from None
+        raise DeviceError(f"device {requested!r} needs torch, which is not installed") from None
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cpu":
+        cuda = _CUDA.fullmatch(requested)
+    if cuda is None:
         torch.set_num_threads(cpu_threads or default_cpu_threads())
         return "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {requested!r} asked for, but torch sees no CUDA device")
-        return requested
-    raise RuntimeError(f"unknown device {requested!r} (accepted: auto, cpu, cuda, cuda:N)")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {requested!r} asked for, but torch sees no CUDA device"
+            f" (torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'});"
+            " use --device cpu or auto"
+        )
+    count = torch.cuda.device_count()
+    if cuda.group(1) is not None and int(cuda.group(1)) >= count:
+        raise DeviceError(
+            f"device {requested!r} asked for, but torch sees {count} CUDA device(s)"
+            f" (cuda:0 to cuda:{count - 1})"
+        )
+    return requested
 
 
 class ComputeExecutor:

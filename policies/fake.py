@@ -79,6 +79,13 @@ class FakeFeatures:
     instruction: str
 
 
+def _finite(name: str, value: Any) -> float:
+    """A finite number option; TOML and `--policy-option` can hand over any type."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PolicyConfigError(f"fake policy: {name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 class FakePolicy:
     """Moves every joint along a slow sine around where the arm started.
 
@@ -99,11 +106,13 @@ class FakePolicy:
     ) -> None:
         self.vl_latency = Latency.parse(vl_latency, "vl_latency")
         self.action_latency = Latency.parse(action_latency, "action_latency")
-        if not (isinstance(horizon, int) and horizon >= 1):
-            raise PolicyConfigError(f"horizon must be an integer >= 1, got {horizon!r}")
+        if isinstance(horizon, bool) or not (isinstance(horizon, int) and horizon >= 1):
+            raise PolicyConfigError(f"fake policy: horizon must be an integer >= 1, got {horizon!r}")
+        if isinstance(seed, bool) or not (isinstance(seed, int) and seed >= 0):
+            raise PolicyConfigError(f"fake policy: seed must be an integer >= 0, got {seed!r}")
         self.horizon = horizon
-        self.amplitude = float(amplitude)
-        self.frequency = float(frequency)
+        self.amplitude = _finite("amplitude", amplitude)
+        self.frequency = _finite("frequency", frequency)
         self._rng_vl = np.random.default_rng(seed)
         self._rng_act = np.random.default_rng(seed + 1)
         self.burn = burn

@@ -142,4 +142,4 @@ def test_sigint_stops_the_run_cleanly(tmp_path):
     assert proc.returncode == 0, err + rest
     s = json.loads(stats.read_text())
     assert s["robot_stop_calls"] == 1
-    assert "stop requested: SIGINT" in rest
+    assert "stop requested: signal SIGINT" in rest

@@ -1,0 +1,303 @@
+"""Bad input at the CLI boundary: one line and exit 2; a failing run: one line, exit 1,
+the summary and the stats file still produced; signals honoured in every phase."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from controller.cli import main
+from controller.config import from_mapping
+from controller.errors import ConfigError
+
+FAST = ["--policy", "fake", "--device", "cpu", "--status-interval", "0", "--no-uvloop"]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse exits on bad flags
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_error_line(err: str) -> str:
+    """The stderr of a refused invocation: exactly one line, no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# -- finding 3: the default policy applies to policy options given alone --------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "toml", "needle"),
+    [
+        (
+            ["--checkpoint", "/nonexistent/ckpt"],
+            None,
+            "checkpoint /nonexistent/ckpt: no such directory",
+        ),
+        (["--policy-option", "colour=red"], None, "qwen-vla: unknown option 'colour'"),
+        (["--vl-model", "x", "--policy-option", "colour=red"], None, "qwen-vla: unknown option"),
+        (
+            [],
+            '[policy]\ncheckpoint = "/nonexistent/ckpt"\n',
+            "/nonexistent/ckpt: no such directory",
+        ),
+    ],
+)
+def test_policy_options_without_a_name_go_to_the_default_policy(
+    capsys, tmp_path, argv, toml, needle
+):
+    if toml is not None:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(toml)
+        argv = [*argv, "--config", str(cfg)]
+    code, _, err = run_cli(capsys, *argv)
+    line = one_error_line(err)
+    assert code == 2
+    assert "<member" not in line
+    assert needle in line
+
+
+def test_naming_another_policy_drops_the_default_policys_table(capsys, tmp_path):
+    cfg = tmp_path / "c.toml"
+    stats = tmp_path / "s.json"
+    cfg.write_text('[policy]\ncheckpoint = "/nonexistent/ckpt"\n')
+    code, _, err = run_cli(
+        capsys, "--config", str(cfg), *FAST, "--duration", "0.3", "--stats-json", str(stats)
+    )
+    assert code == 0, err
+    assert json.loads(stats.read_text())["policy"] == "fake"
+
+
+# -- finding 4: wrong types, unreadable files, devices ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ("robot = 5\n", "robot must be a table or a name string, got 5"),
+        ("policy = 5\n", "policy must be a table or a name string, got 5"),
+        ("safety = 5\n", "safety must be a table, got 5"),
+        ("cameras = 5\n", "cameras must be a non-empty array"),
+        ("sensors = 5\n", "sensors must be an array"),
+        ("[robot]\ndriver = 5\n", 'needs driver = "NAME"'),
+        ('device = "cuda:abc"\n', "device must be auto, cpu, cuda or cuda:N, got 'cuda:abc'"),
+        ('device = "cuda:-1"\n', "device must be auto, cpu, cuda or cuda:N"),
+        ('[policy]\nname = "fake"\namplitude = "x"\n', "fake policy: amplitude"),
+        ('[policy]\nname = "fake"\nfrequency = [1]\n', "fake policy: frequency"),
+        ('[policy]\nname = "fake"\nseed = "x"\n', "fake policy: seed"),
+        ('[policy]\nname = "fake"\nseed = -1\n', "fake policy: seed"),
+        ('[policy]\nname = "fake"\nhorizon = true\n', "horizon must be an integer"),
+    ],
+)
+def test_wrong_types_in_the_config_file_are_one_line(capsys, tmp_path, toml, needle):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    # A duration, so that code accepting the value runs briefly instead of forever.
+    code, _, err = run_cli(capsys, "--config", str(cfg), "--duration", "0.5")
+    assert code == 2
+    assert needle in one_error_line(err)
+
+
+def test_config_file_that_is_not_utf8_is_named(capsys, tmp_path):
+    cfg = tmp_path / "latin1.toml"
+    cfg.write_bytes('instruction = "caf\u00e9"\n'.encode("latin-1"))
+    code, _, err = run_cli(capsys, "--config", str(cfg))
+    assert code == 2
+    assert "is not UTF-8 text (byte 18" in one_error_line(err)
+
+
+@pytest.mark.parametrize("path", ["/dev/null", "dir"])
+def test_config_that_is_not_a_regular_file_is_refused(capsys, tmp_path, path):
+    if path == "dir":
+        path = str(tmp_path)
+    code, _, err = run_cli(capsys, "--config", path, *FAST, "--duration", "0.5")
+    assert code == 2
+    line = one_error_line(err)
+    assert repr(path) in line and ("not a regular file" in line or "Is a directory" in line)
+
+
+def _limited_memory() -> None:
+    # 1 GiB of address space: code that reads /dev/zero to the end fails fast
+    # with MemoryError here instead of taking the shared machine's memory.
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo"])
+def test_endless_or_blocking_config_is_refused_without_reading(tmp_path, kind):
+    path = kind
+    if kind == "fifo":
+        path = str(tmp_path / "fifo")
+        os.mkfifo(path)  # a blocking open for reading would wait for a writer forever
+    proc = subprocess.run(
+        [sys.executable, "-m", "controller", "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_limited_memory,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"config file {path!r} is not a regular file" in one_error_line(proc.stderr)
+
+
+def test_config_file_over_one_mib_is_refused(capsys, tmp_path):
+    cfg = tmp_path / "big.toml"
+    cfg.write_text("# padding\n" * 120_000 + "hz = 10\n")
+    code, _, err = run_cli(capsys, "--config", str(cfg), *FAST, "--duration", "0.5")
+    assert code == 2
+    assert "is larger than 1048576 bytes" in one_error_line(err)
+
+
+def test_duration_beyond_the_bound_is_refused_before_running():
+    # Checked on the mapping: on code without the bound the CLI would run for 3 years.
+    with pytest.raises(ConfigError, match=r"duration must be at most 1e\+07 s, got 100000000.0"):
+        from_mapping({"duration": 1e8})
+    assert from_mapping({"duration": 1e7}).duration == 1e7
+
+
+def test_device_index_syntax_is_checked_at_config_time():
+    for bad in ("cuda:abc", "cuda:", "cuda:1:2", "cuda0", "CUDA", "gpu"):
+        with pytest.raises(ConfigError, match="device must be auto, cpu, cuda or cuda:N"):
+            from_mapping({"device": bad})
+    for good in ("auto", "cpu", "cuda", "cuda:0", "cuda:12"):
+        assert from_mapping({"device": good}).device == good
+
+
+def test_absent_cuda_device_is_one_line_and_exit_2(capsys, tmp_path):
+    # cuda:99 is absent everywhere: no GPU at all, or fewer than 100 of them.
+    stats = tmp_path / "s.json"
+    argv = [*FAST, "--duration", "0.3", "--stats-json", str(stats)]
+    code, _, err = run_cli(capsys, *[a if a != "cpu" else "cuda:99" for a in argv])
+    line = one_error_line(err)
+    assert code == 2
+    assert "device 'cuda:99' asked for, but torch sees" in line
+    assert json.loads(stats.read_text())["actions_sent"] == 0
+
+
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    argv = [*FAST, "--duration", "0.5"]
+    code, _, err = run_cli(capsys, *[a if a != "cpu" else "cuda" for a in argv])
+    assert code == 2
+    assert "device 'cuda' asked for, but torch sees no CUDA device" in one_error_line(err)
+
+
+# -- finding 8: non-finite numbers in any float flag or TOML value ---------------------
+
+FLOAT_FLAGS = [
+    "--hz",
+    "--max-feature-age",
+    "--max-state-age",
+    "--duration",
+    "--status-interval",
+    "--spin-ms",
+    "--vl-max-hz",
+]
+
+
+@pytest.mark.parametrize("flag", FLOAT_FLAGS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "infinity"])
+def test_non_finite_float_flags_are_refused(capsys, flag, value):
+    code, _, err = run_cli(capsys, *FAST, flag, value)
+    assert code == 2
+    assert f"argument {flag}: expected" in one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "hz",
+        "duration",
+        "status_interval",
+        "spin_ms",
+        "vl_max_hz",
+        "warmup_timeout",
+        "stop_timeout",
+        "action_timeout_ms",
+        "safety.max_feature_age",
+        "safety.max_state_age",
+    ],
+)
+def test_non_finite_config_values_are_refused(capsys, tmp_path, key):
+    cfg = tmp_path / "c.toml"
+    table, _, name = key.rpartition(".")
+    cfg.write_text(f"[{table}]\n{name} = nan\n" if table else f"{name} = inf\n")
+    # No flag for the key under test (flags override the file), a short duration otherwise.
+    flags = ["--policy", "fake", "--device", "cpu", "--no-uvloop"]
+    flags += [] if key == "duration" else ["--duration", "0.5"]
+    code, _, err = run_cli(capsys, "--config", str(cfg), *flags)
+    assert code == 2
+    assert "expected a number, got" in one_error_line(err)
+
+
+# -- finding 5: whatever the run raises is one line, exit 1, summary and stats ---------
+
+
+class Boom(Exception):
+    """An exception type no list of known errors contains."""
+
+
+@pytest.mark.parametrize(
+    ("target", "phase"),
+    [
+        ("policies.fake.FakePolicy.load", "loading"),
+        ("policies.fake.FakePolicy.act", "warm-up"),
+        ("policies.fake.FakePolicy.encode_vl", "warm-up"),
+    ],
+)
+def test_any_exception_from_the_run_is_one_line_with_summary_and_stats(
+    capsys, tmp_path, monkeypatch, target, phase
+):
+    def boom(*_args, **_kwargs):
+        raise Boom(f"injected in {phase}\nsecond line of the message")
+
+    monkeypatch.setattr(target, boom)
+    stats = tmp_path / "s.json"
+    code, out, err = run_cli(
+        capsys,
+        *FAST,
+        "--policy-option",
+        "vl_latency=0.01",
+        "--duration",
+        "2",
+        "--stats-json",
+        str(stats),
+        "--log-level",
+        "ERROR",
+    )
+    assert code == 1, err
+    failed = [line for line in err.splitlines() if "run failed" in line]
+    assert len(failed) == 1, err
+    # Raised as is, or wrapped by the runtime after repeated VL failures: either
+    # way the type and both lines of the message end up on the one line.
+    assert "run failed: " in failed[0] and "Boom" in failed[0]
+    assert f"injected in {phase}" in failed[0] and "second line of the message" in failed[0]
+    assert "Traceback" not in err
+    assert "controller summary" in out
+    summary = json.loads(stats.read_text())
+    assert summary["exit_code"] == 1
+    assert summary["robot_stop_calls"] >= 1
+    assert summary["actions_sent"] == 0
+
+
+def test_plugin_constructor_raising_anything_is_one_line(capsys, monkeypatch):
+    def bad_options(_cls, _options):
+        raise KeyError("the plugin did not expect this")
+
+    monkeypatch.setattr("policies.fake.FakePolicy.from_options", classmethod(bad_options))
+    code, _, err = run_cli(capsys, *FAST, "--duration", "0.5")
+    assert code == 2
+    assert "cannot build the drivers and policy: KeyError" in one_error_line(err)
