@@ -26,6 +26,8 @@ DEFAULT_POLICY = "qwen-vla"
 MAX_CONFIG_BYTES = 1 << 20
 #: Longest run accepted (about 115 days): beyond it a typo, not an intent.
 MAX_DURATION = 1e7
+#: `action_timeout_ms` as ControllerConfig bounds `action_timeout` (seconds).
+_MIN_ACTION_TIMEOUT_MS, _MAX_ACTION_TIMEOUT_MS = 0.1, 10_000.0
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,4})?")
 
 
@@ -161,7 +163,10 @@ def from_mapping(data: dict[str, Any], source: str = "config") -> RunConfig:
             safety_kwargs[key] = _number(f"{source}: safety.{key}", safety_tbl[key])
     if "limit_mode" in safety_tbl:
         safety_kwargs["limit_mode"] = safety_tbl["limit_mode"]
-    safety = SafetyConfig(**safety_kwargs)
+    try:
+        safety = SafetyConfig(**safety_kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
     ctl: dict[str, Any] = {"safety": safety}
     if "hz" in data:
@@ -187,7 +192,25 @@ def from_mapping(data: dict[str, Any], source: str = "config") -> RunConfig:
         ctl["action_timeout"] = (
             _number(f"{source}: action_timeout_ms", data["action_timeout_ms"]) / 1e3
         )
-    controller = ControllerConfig(**ctl)
+    if "action_timeout_ms" in data and not (
+        _MIN_ACTION_TIMEOUT_MS <= data["action_timeout_ms"] <= _MAX_ACTION_TIMEOUT_MS
+    ):
+        # Named here, in the unit the user wrote: ControllerConfig speaks seconds.
+        raise ConfigError(
+            f"{source}: action_timeout_ms must be in [{_MIN_ACTION_TIMEOUT_MS:g},"
+            f" {_MAX_ACTION_TIMEOUT_MS:g}] ms, got {data['action_timeout_ms']!r}"
+        )
+    if "spin_ms" in data and "spin" in ctl:
+        period_ms = 1e3 / ctl.get("hz", ControllerConfig().hz)
+        if not ctl["spin"] * 1e3 < period_ms:
+            raise ConfigError(
+                f"{source}: spin_ms must be less than one control period ({period_ms:g} ms),"
+                f" got {data['spin_ms']!r}"
+            )
+    try:
+        controller = ControllerConfig(**ctl)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
     out: dict[str, Any] = {"controller": controller}
     if "robot" in data:

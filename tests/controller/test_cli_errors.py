@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -301,3 +304,175 @@ def test_plugin_constructor_raising_anything_is_one_line(capsys, monkeypatch):
     code, _, err = run_cli(capsys, *FAST, "--duration", "0.5")
     assert code == 2
     assert "cannot build the drivers and policy: KeyError" in one_error_line(err)
+
+
+# -- finding 7: values that would switch an interlock off ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--max-feature-age", "1e308"], "safety.max_feature_age must be a number of seconds in"),
+        (["--max-state-age", "1e308"], "safety.max_state_age must be a number of seconds in"),
+        (["--hz", "1e-300"], "hz must be a number in [1, 1000], got 1e-300"),
+        (["--vl-max-hz", "1e-300"], "vl_max_hz must be 0 or a number in [0.1, 1000]"),
+        (["--status-interval", "1e9"], "status_interval must be 0 or a number in"),
+        (["--spin-ms", "150"], "spin_ms must be less than one control period (100 ms)"),
+        (["--duration", "1e8"], "duration must be at most 1e+07 s"),
+    ],
+)
+def test_flags_that_would_switch_an_interlock_off_are_refused(capsys, argv, needle):
+    duration = [] if "--duration" in argv else ["--duration", "0.5"]
+    code, _, err = run_cli(capsys, *FAST, *duration, *argv)
+    assert code == 2
+    assert f"flags: {needle}" in one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ("warmup_timeout = 1e9\n", "warmup_timeout must be a number in"),
+        ("stop_timeout = 1e9\n", "stop_timeout must be a number in"),
+        (
+            "action_timeout_ms = 1e9\n",
+            "action_timeout_ms must be in [0.1, 10000] ms, got 1000000000.0",
+        ),
+        ("action_timeout_ms = 0.01\n", "action_timeout_ms must be in [0.1, 10000] ms"),
+        ("[safety]\nmax_state_age = 1e308\n", "safety.max_state_age must be a number of seconds"),
+    ],
+)
+def test_config_values_that_would_switch_an_interlock_off_are_named(capsys, tmp_path, toml, needle):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    code, _, err = run_cli(capsys, "--config", str(cfg), *FAST, "--duration", "0.5")
+    assert code == 2
+    assert f"{cfg}: {needle}" in one_error_line(err)
+
+
+# -- finding 6: SIGINT, SIGTERM and SIGHUP in every phase ------------------------------
+
+
+def _start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], Path]:
+    stats = tmp_path / "s.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", *FAST, "--stats-json", str(stats), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, stats
+
+
+def _wait_for(proc: subprocess.Popen[str], needle: str, timeout: float = 90.0) -> str:
+    """Read stderr until a line contains `needle` (generous bound: a shared, busy machine)."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+        if needle in line:
+            return seen
+    proc.kill()
+    raise AssertionError(f"never saw {needle!r}:\n{seen[-3000:]}")
+
+
+def test_sighup_mid_run_stops_the_robot_and_still_reports(tmp_path):
+    proc, stats = _start(tmp_path)
+    try:
+        seen = _wait_for(proc, "phase warming_up -> active")
+        proc.send_signal(signal.SIGHUP)
+        out, rest = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGHUP, seen + rest
+    assert "stop requested: signal SIGHUP" in rest
+    assert "controller summary" in out
+    summary = json.loads(stats.read_text())
+    assert summary["robot_stop_calls"] >= 1
+    assert summary["signals"] == ["SIGHUP"]
+    assert summary["exit_code"] == 129
+
+
+def test_sigterm_while_connecting_stops_at_once(tmp_path):
+    proc, stats = _start(tmp_path, "--robot-option", "connect_delay=30")
+    try:
+        seen = _wait_for(proc, "compute executor on")  # the robot connects next
+        time.sleep(0.5)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, rest = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, seen + rest
+    assert took < 15, f"{took:.1f} s after SIGTERM (the connect takes 30 s)"
+    assert "stop requested: signal SIGTERM" in rest
+    assert "controller summary" in out
+    summary = json.loads(stats.read_text())
+    assert summary["robot_stop_calls"] >= 1
+    assert summary["actions_sent"] == 0
+
+
+def test_second_signal_cancels_a_hanging_stop_and_exits_128_plus_n(tmp_path):
+    proc, stats = _start(tmp_path, "--robot-option", "stop_hangs=true")
+    try:
+        seen = _wait_for(proc, "phase warming_up -> active")
+        proc.send_signal(signal.SIGINT)
+        seen += _wait_for(proc, "stop requested: signal SIGINT")
+        proc.send_signal(signal.SIGINT)
+        out, rest = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, seen + rest
+    assert "second signal SIGINT: cancelling" in rest
+    assert "controller summary" in out
+    summary = json.loads(stats.read_text())
+    assert summary["signals"] == ["SIGINT", "SIGINT"]
+    assert summary["robot_stop_calls"] >= 1
+
+
+SIGHUP_DURING_BUILD = """
+import os, signal, sys
+import controller.cli as cli
+
+real_build = cli.build
+
+def build(run):
+    os.kill(os.getpid(), signal.SIGHUP)  # the terminal closes while the policy loads
+    return real_build(run)
+
+cli.build = build
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sighup_before_the_loop_starts_is_recorded_and_nothing_connects(tmp_path):
+    stats = tmp_path / "s.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGHUP_DURING_BUILD, *FAST, "--stats-json", str(stats)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 128 + signal.SIGHUP, proc.stderr[-3000:]
+    assert "SIGHUP before the run started: not connecting" in proc.stderr
+    summary = json.loads(stats.read_text())
+    assert summary["robot_stop_calls"] == 0 and summary["signals"] == ["SIGHUP"]
+
+
+def test_signals_caught_by_main_module_before_the_cli_loads_are_honoured(capsys, tmp_path):
+    stats = tmp_path / "s.json"
+    code = main([*FAST, "--stats-json", str(stats)], early_signals=[signal.SIGTERM])
+    assert code == 0
+    assert "SIGTERM before the run started: not connecting" in capsys.readouterr().err
+    assert json.loads(stats.read_text())["robot_stop_calls"] == 0
+
+
+def test_handlers_are_restored_after_an_in_process_run(capsys):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    run_cli(capsys, *FAST, "--duration", "0.3")
+    run_cli(capsys, "--hz", "fast")  # argparse exits through SystemExit
+    assert {sig: signal.getsignal(sig) for sig in before} == before
