@@ -15,8 +15,8 @@ import pytest
 from drivers.errors import DriverConfigError
 from drivers.registry import create
 from drivers.webrtc.whep import WhepCamera
+from drivers.webrtc.whep_testserver import WhepTestServer
 from tests.webrtc.helpers import eventually, slot_fed_by
-from tests.webrtc.whep_fixture import WhepFixture
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ def whep(url: str, **options: object) -> WhepCamera:
 
 
 async def test_whep_pulls_frames_follows_redirect_and_deletes_on_close() -> None:
-    fixture = WhepFixture("wrist", token="tk")
+    fixture = WhepTestServer("wrist", token="tk")
     await fixture.start()
     try:
         url = f"http://127.0.0.1:{fixture.port}/moved/whep"  # 307 to /wrist/whep
@@ -44,7 +44,7 @@ async def test_whep_pulls_frames_follows_redirect_and_deletes_on_close() -> None
 
 
 async def test_wrong_token_is_a_fatal_configuration_error() -> None:
-    fixture = WhepFixture("wrist", token="right")
+    fixture = WhepTestServer("wrist", token="right")
     await fixture.start()
     try:
         cam = whep(fixture.url, token="wrong")
@@ -60,7 +60,7 @@ async def test_wrong_token_is_a_fatal_configuration_error() -> None:
 async def fixture_process(port: int) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.webrtc.whep_fixture", str(port), "wrist",
+        sys.executable, "-m", "drivers.webrtc.whep_testserver", str(port), "wrist",
         stdout=asyncio.subprocess.PIPE, cwd=ROOT, env=env)
     try:
         assert proc.stdout is not None

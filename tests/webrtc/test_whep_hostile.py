@@ -17,8 +17,8 @@ import pytest
 from drivers.errors import DriverConfigError
 from drivers.webrtc.http_limits import one_line, origin, same_origin
 from drivers.webrtc.whep import WhepCamera
+from drivers.webrtc.whep_testserver import MISBEHAVIOURS, WhepTestServer
 from tests.webrtc.helpers import eventually
-from tests.webrtc.whep_fixture import MISBEHAVIOURS, WhepFixture
 
 FAST = {"backoff_s": 0.05, "backoff_max_s": 0.2, "connect_timeout_s": 10, "watchdog_s": 2.0}
 
@@ -28,8 +28,8 @@ def whep(url: str, **options: object) -> WhepCamera:
 
 
 @asynccontextmanager
-async def fixtures(n: int, **kw: object) -> AsyncIterator[list[WhepFixture]]:
-    started = [WhepFixture("wrist", **kw) for _ in range(n)]  # type: ignore[arg-type]
+async def fixtures(n: int, **kw: object) -> AsyncIterator[list[WhepTestServer]]:
+    started = [WhepTestServer("wrist", **kw) for _ in range(n)]  # type: ignore[arg-type]
     try:
         for f in started:
             await f.start()

@@ -25,10 +25,11 @@ from drivers.errors import DriverConfigError, ProtocolError
 from drivers.webrtc import whip_server
 from drivers.webrtc.paint import PaintedTrack
 from drivers.webrtc.publish import WhipPublisher
+from drivers.webrtc.testsrc import flood, make_offer
 from drivers.webrtc.whip import WhipCamera
 from drivers.webrtc.whip_guard import HostPolicy, RateLimiter, bearer_matches, fingerprint
 from tests.webrtc.helpers import eventually
-from tests.webrtc.whip_flood import flood, make_offer, open_fds
+from tests.webrtc.whip_flood import open_fds
 
 SDP = {"Content-Type": "application/sdp"}
 

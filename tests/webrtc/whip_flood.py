@@ -11,15 +11,15 @@ live publisher kept its session.
 
     python -m tests.webrtc.whip_flood --offers 500
 
-The flood client is a child so that its own aiortc work is not counted; each
-server-side offer creates a peer connection (UDP sockets, a DTLS certificate).
+The flood client is a child (`python -m drivers.webrtc.testsrc flood`) so that
+its own aiortc work is not counted; each server-side offer creates a peer
+connection (UDP sockets, a DTLS certificate).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import logging
 import os
@@ -45,55 +45,6 @@ def rss_mb() -> float:
 def cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-async def make_offer(direction: str = "sendonly") -> str:
-    """A complete, valid video offer (the peer is closed afterwards).
-
-    `sendonly` is what a publisher sends; `sendrecv` and `recvonly` offers are
-    accepted by the server's SDP checks too and must not leak either.
-    """
-    from aiortc import RTCPeerConnection
-
-    from drivers.webrtc import ice
-    from drivers.webrtc.paint import PaintedTrack
-
-    pc = RTCPeerConnection(ice.rtc_configuration())
-    if direction == "recvonly":
-        pc.addTransceiver("video", direction="recvonly")
-    else:
-        pc.addTransceiver(PaintedTrack(30), direction=direction)
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = str(pc.localDescription.sdp)
-    await pc.close()
-    return sdp
-
-
-async def flood(
-    url: str, offers: int, headers: dict[str, str] | None = None, direction: str = "sendonly"
-) -> dict[str, int]:
-    """POST the same offer `offers` times in a row; a histogram of the statuses."""
-    import aiohttp
-
-    offer = await make_offer(direction)
-    statuses: collections.Counter[str] = collections.Counter()
-    h = {"Content-Type": "application/sdp", **(headers or {})}
-    async with aiohttp.ClientSession() as http:
-        for _ in range(offers):
-            try:
-                async with http.post(url, data=offer, headers=h) as resp:
-                    await resp.read()
-                    statuses[str(resp.status)] += 1
-            except aiohttp.ClientError as exc:
-                statuses[type(exc).__name__] += 1
-    return dict(statuses)
-
-
-async def _client(url: str, offers: int, direction: str) -> None:
-    from drivers.webrtc import ice
-
-    with ice.host_addresses(["127.0.0.1"]):
-        print(json.dumps(await flood(url, offers, direction=direction)), flush=True)
 
 
 async def _measure(
@@ -154,8 +105,8 @@ async def _measure(
             client = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "tests.webrtc.whip_flood",
-                "--client",
+                "drivers.webrtc.testsrc",
+                "flood",
                 cam.url,
                 "--offers",
                 str(offers),
@@ -215,12 +166,8 @@ def main() -> None:
     p.add_argument("--direction", choices=("sendonly", "sendrecv", "recvonly"), default="sendonly")
     p.add_argument("--no-publisher", action="store_true", help="flood a camera nobody feeds")
     p.add_argument("--no-limits", action="store_true", help="lift the session and rate limits")
-    p.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    if args.client:
-        asyncio.run(_client(args.client, args.offers, args.direction))
-        return
     from drivers.webrtc import ice
 
     with ice.host_addresses(["127.0.0.1"]):
