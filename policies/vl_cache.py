@@ -23,10 +23,13 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -43,6 +46,14 @@ LOG = logging.getLogger("policies.vl_cache")
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
 FEATURES = "features.safetensors"
+#: Written into every manifest: what marks a directory as a cache of ours.
+KIND = "vla-controller VL cache"
+#: The only files a cache of ours holds; a directory with anything else is
+#: not ours to replace.
+CACHE_FILES = frozenset({MANIFEST, FEATURES})
+#: Largest image accepted (40 MP, beyond any camera frame a policy sees);
+#: PIL's own guard only errors past ~179 MP and decodes anything below.
+MAX_IMAGE_PIXELS = 40_000_000
 #: What must agree between a cache and the encoder reading it.
 CHECKED = ("fingerprint", "hidden_size", "preprocessing")
 
@@ -58,34 +69,223 @@ class CacheSample:
     instruction: str
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """Open `path` as an image reading only its header and check it; -> (width, height).
+
+    `verify()` checks the file's structure (PNG chunk CRCs, ...) without
+    decoding pixels, so a whole dataset is checked in seconds. A size past
+    `MAX_IMAGE_PIXELS` (a decompression bomb: a small file that decodes to
+    gigabytes) is refused before anything is decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise VLCacheError(f"image {path}: no such file") from None
+    except OSError as exc:
+        raise VLCacheError(f"image {path}: cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise VLCacheError(f"image {path}: not a regular file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise VLCacheError(
+                        f"image {path}: {width}x{height} is more than {MAX_IMAGE_PIXELS} pixels"
+                        " (a decompression bomb?)"
+                    )
+                im.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise VLCacheError(f"image {path}: refused as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise VLCacheError(f"image {path}: not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise VLCacheError(f"image {path}: corrupt image: {exc}") from None
+    return width, height
+
+
 def load_image(path: Path) -> np.ndarray:
-    """An image file as the RGB uint8 (H, W, 3) array a camera Frame carries."""
+    """An image file as the RGB uint8 (H, W, 3) array a camera Frame carries.
+
+    Checked again here (a file may change between validation and encoding):
+    every problem is a `VLCacheError` naming the file.
+    """
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    _image_size(path)
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise VLCacheError(f"image {path}: cannot be decoded: {exc}") from None
+
+
+def _sample(raw: object, base: Path) -> CacheSample:
+    """One parsed JSONL line -> a sample; ValueError says which field is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object with id, images, instruction, got {type(raw).__name__}")
+    missing = [k for k in ("id", "images", "instruction") if k not in raw]
+    if missing:
+        raise ValueError(f"missing key(s) {', '.join(missing)}")
+    sid, images, instruction = raw["id"], raw["images"], raw["instruction"]
+    if isinstance(sid, bool) or not isinstance(sid, (str, int)) or sid == "":
+        raise ValueError(f"id must be a non-empty string or an integer, got {sid!r}")
+    if not isinstance(images, list) or not images:
+        raise ValueError(f"images must be a non-empty list of paths, got {images!r:.80}")
+    bad = [p for p in images if not isinstance(p, str) or not p]
+    if bad:
+        raise ValueError(f"images must be path strings, got {bad[0]!r:.80}")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ValueError(f"instruction must be a non-empty string, got {instruction!r:.80}")
+    return CacheSample(str(sid), tuple(base / p for p in images), instruction)
 
 
 def read_dataset(path: str | Path) -> list[CacheSample]:
-    """Parse a samples JSONL file; errors name the line."""
+    """Parse a samples JSONL file; errors name the file and line.
+
+    Every line is checked (shape, types, duplicate ids) and the first problem
+    is reported with a count of the others, so one run shows what to fix.
+    """
     path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise VLCacheError(f"dataset {path}: no such file") from None
+    except OSError as exc:
+        raise VLCacheError(f"dataset {path}: cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise VLCacheError(f"dataset {path}: not a regular file")
     samples: list[CacheSample] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-            sid, images, instruction = str(raw["id"]), raw["images"], str(raw["instruction"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise VLCacheError(f"{path}:{lineno}: not a sample ({exc})") from None
-        if sid in seen:
-            raise VLCacheError(f"{path}:{lineno}: duplicate sample id {sid!r}")
-        if not images:
-            raise VLCacheError(f"{path}:{lineno}: sample {sid!r} has no images")
-        seen.add(sid)
-        samples.append(CacheSample(sid, tuple(path.parent / p for p in images), instruction))
+    problems: list[str] = []
+    with open(path, "rb") as f:
+        for lineno, raw_line in enumerate(f, 1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(f"{path}:{lineno}: not UTF-8 text (byte {exc.start})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                sample = _sample(json.loads(line), path.parent)
+            except ValueError as exc:  # json.JSONDecodeError included
+                problems.append(f"{path}:{lineno}: not a sample ({exc})")
+                continue
+            if sample.id in seen:
+                problems.append(f"{path}:{lineno}: duplicate sample id {sample.id!r}")
+                continue
+            seen.add(sample.id)
+            samples.append(sample)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise VLCacheError(problems[0] + more)
+    if not samples:
+        raise VLCacheError(f"dataset {path}: no samples")
     return samples
+
+
+def check_images(samples: Sequence[CacheSample]) -> int:
+    """Check every image of every sample (header and structure only); -> images checked.
+
+    Run before the model loads: a missing or broken image is reported in
+    seconds, not after a long model load or half-way through encoding.
+    """
+    problems: list[str] = []
+    checked: set[Path] = set()
+    for sample in samples:
+        for image in sample.images:
+            if image in checked:
+                continue
+            checked.add(image)
+            try:
+                _image_size(image)
+            except VLCacheError as exc:
+                problems.append(f"sample {sample.id!r}: {exc}")
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise VLCacheError(problems[0] + more)
+    return len(checked)
+
+
+def is_our_cache(root: Path) -> bool:
+    """True when `root` is a directory holding a VL cache of ours and nothing else."""
+    try:
+        names = {p.name for p in root.iterdir()}
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        names <= CACHE_FILES
+        and isinstance(manifest, dict)
+        and manifest.get("format") == CACHE_FORMAT
+        and manifest.get("kind", KIND) == KIND
+        and isinstance(manifest.get("encoder"), dict)
+    )
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output path we may not replace: never delete what we did not create.
+
+    Accepted: a path that does not exist, an empty directory, or a cache of
+    ours (our manifest, and no file but ours).
+    """
+    if out.is_symlink():
+        raise VLCacheError(f"output {out}: is a symbolic link; give the directory itself")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise VLCacheError(f"output {out}: exists and is not a directory; refusing to replace it")
+    try:
+        empty = next(out.iterdir(), None) is None
+    except OSError as exc:
+        raise VLCacheError(f"output {out}: cannot be read: {exc.strerror}") from None
+    if not empty and not is_our_cache(out):
+        raise VLCacheError(
+            f"output {out}: not empty and not a VL cache of ours (only {MANIFEST} and {FEATURES}"
+            " with our manifest may be replaced); refusing to delete it: choose another --out"
+        )
+
+
+def _remove_cache(root: Path) -> None:
+    """Delete a directory known to hold only our cache files: those files, then the directory.
+
+    Never `rmtree`: if anything else appeared in it meanwhile, it stays
+    (and so does the directory, with a warning).
+    """
+    for name in CACHE_FILES:
+        (root / name).unlink(missing_ok=True)
+    try:
+        root.rmdir()
+    except OSError as exc:
+        LOG.warning("left %s in place (%s): it holds files that are not ours", root, exc.strerror)
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Put the finished cache `tmp` at `out`, replacing a cache of ours there.
+
+    The old cache is first renamed aside (same directory, so both renames
+    are atomic), then `tmp` takes its place, then the old one is removed.
+    If the second rename fails, the old cache is renamed back; if the
+    process dies between the two, the old cache is intact under its
+    aside name (logged).
+    """
+    check_output(out)  # again: the directory may have changed while we encoded
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    aside = out.parent / f".{out.name}.replaced-{os.getpid()}-{time.monotonic_ns()}"
+    os.rename(out, aside)
+    LOG.info("previous cache moved aside to %s until the new one is in place", aside)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(aside, out)
+        raise
+    _remove_cache(aside)
 
 
 def _versions() -> dict[str, str]:
@@ -99,10 +299,16 @@ def _versions() -> dict[str, str]:
 
 
 def build_cache(encoder: Any, samples: Sequence[CacheSample], out_dir: str | Path) -> Path:
-    """Encode every sample with `encoder.encode` and write the cache atomically."""
+    """Encode every sample with `encoder.encode` and write the cache atomically.
+
+    The cache is written to a new directory beside `out_dir` and swapped in
+    at the end (`_install`): an interrupted or failed build leaves the
+    previous cache, or whatever was there, untouched.
+    """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
+    check_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     features: dict[str, torch.Tensor] = {}
     t0 = time.monotonic()
@@ -112,6 +318,7 @@ def build_cache(encoder: Any, samples: Sequence[CacheSample], out_dir: str | Pat
         if i % 50 == 0 or i == len(samples):
             LOG.info("encoded %d/%d samples (%.1f s)", i, len(samples), time.monotonic() - t0)
     manifest = {
+        "kind": KIND,
         "format": CACHE_FORMAT,
         "encoder": encoder.identity(),
         "samples": len(features),
@@ -122,13 +329,12 @@ def build_cache(encoder: Any, samples: Sequence[CacheSample], out_dir: str | Pat
     }
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a cache is an ordinary directory
         save_file(features, str(tmp / FEATURES), metadata={"format": "pt"})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _install(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary directory
         raise
     return out
 
@@ -155,6 +361,8 @@ class VLCache:
             raise VLCacheError(f"VL cache {root}: missing {MANIFEST}") from None
         except ValueError as exc:
             raise VLCacheError(f"VL cache {root}: {MANIFEST} is invalid: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise VLCacheError(f"VL cache {root}: {MANIFEST} is not a JSON object")
         if manifest.get("format") != CACHE_FORMAT:
             raise VLCacheError(f"VL cache {root}: format {manifest.get('format')!r}, expected {CACHE_FORMAT}")
         if expected is not None:
@@ -229,7 +437,14 @@ def _dataset_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def _one_line(text: str) -> str:
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 on success; 2 with one line for bad input (dataset, images, output
+    directory, model, cache), all checked before the model loads where possible;
+    1 when writing the cache failed."""
     parser = argparse.ArgumentParser(prog="python -m policies.vl_cache", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="encode a dataset of samples into a cache directory")
@@ -242,18 +457,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        encoder = encoder_from_args(args)
         if args.cmd == "build":
+            # Everything the user gave is checked before the model loads
+            # (seconds, or minutes for a 3B model on CPU).
+            check_output(args.out)
             samples = read_dataset(args.dataset)
-            LOG.info("dataset %s: %d samples (sha256 %s)", args.dataset, len(samples), _dataset_digest(args.dataset))
+            n_images = check_images(samples)
+            LOG.info(
+                "dataset %s: %d samples, %d images checked (sha256 %s)",
+                args.dataset, len(samples), n_images, _dataset_digest(args.dataset),
+            )
+            encoder = encoder_from_args(args)
             out = build_cache(encoder, samples, args.out)
             print(f"built {out} ({len(samples)} samples, model {encoder.fingerprint()})")
         else:
+            encoder = encoder_from_args(args)
             cache = VLCache.open(args.cache, encoder.identity())
             print(f"{args.cache}: {len(cache)} samples, matches model {encoder.fingerprint()}")
     except PolicyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,6 +20,54 @@ from torch import nn
 from policies.qwen_vla.config import VLAConfig
 from policies.qwen_vla.state_encoders import RobotStateEncoder, SensorEncoder
 
+#: Most parameters an action model may have (2 GB in float32). It runs every
+#: control tick, so a real one is a few million; the bound stops a config.json
+#: whose sizes are each in range but multiply to more than the machine holds.
+MAX_PARAMETERS = 500_000_000
+#: Width of the flow head's time embedding.
+TIME_DIM = 32
+
+
+def _linear(i: int, o: int) -> int:
+    return i * o + o
+
+
+def _mlp_parameters(i: int, h: int, o: int) -> int:
+    return _linear(i, h) + _linear(h, h) + _linear(h, o)
+
+
+def parameter_count(config: VLAConfig) -> int:
+    """Parameters `ActionModel(config)` will have, computed without allocating any.
+
+    Mirrors the module definitions below (a test compares it with a built
+    model for every head and input combination).
+    """
+    d = config.model_dim
+    out = config.horizon * config.action_dim
+    n_inputs = 1 + int(config.robot_state_enabled) + int(config.sensor_enabled)
+    count = 2 * config.vl_hidden + _linear(config.vl_hidden, d)  # vl_proj
+    count += _mlp_parameters(n_inputs * d, d, d)  # fuse
+    head_in = d if config.head == "regression" else out + TIME_DIM + d
+    count += _mlp_parameters(head_in, d, out)
+    encoder = _linear(0, d) + _linear(d, d) + 2 * d  # NormalizedMLP without its input weights
+    if config.robot_state_enabled:
+        count += encoder + config.state_dim * d
+    if config.sensor_enabled:
+        count += encoder + config.sensor_dim * d
+    return count
+
+
+def check_parameter_budget(config: VLAConfig) -> int:
+    """`parameter_count(config)`, or ValueError when it exceeds `MAX_PARAMETERS`."""
+    count = parameter_count(config)
+    if count > MAX_PARAMETERS:
+        raise ValueError(
+            f"the action model would have {count:,} parameters (model_dim {config.model_dim},"
+            f" vl_hidden {config.vl_hidden}, horizon {config.horizon}, action_dim"
+            f" {config.action_dim}); at most {MAX_PARAMETERS:,} are accepted"
+        )
+    return count
+
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(
@@ -54,7 +102,7 @@ class ActionExpert(nn.Module):
         if config.head == "regression":
             self.head = _mlp(d, d, out)
         else:
-            self.time_dim = 32
+            self.time_dim = TIME_DIM
             self.head = _mlp(out + self.time_dim + d, d, out)
 
     def condition(self, vl: torch.Tensor, extra: list[torch.Tensor]) -> torch.Tensor:
@@ -89,6 +137,8 @@ class ActionModel(nn.Module):
     """
 
     def __init__(self, config: VLAConfig) -> None:
+        # Before any allocation: sizes from a config.json are untrusted input.
+        check_parameter_budget(config)
         super().__init__()
         self.config = config
         d = config.model_dim

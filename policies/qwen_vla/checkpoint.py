@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from policies.errors import CheckpointError
-from policies.qwen_vla.action_expert import ActionModel
+from policies.qwen_vla.action_expert import ActionModel, check_parameter_budget
 from policies.qwen_vla.config import VLAConfig
 
 CONFIG_FILE = "config.json"
@@ -80,12 +80,25 @@ def resolve_vl_ref(config: VLAConfig, ckpt_dir: Path) -> str:
     return config.vl_model
 
 
+def load_config(root: Path) -> VLAConfig:
+    """A checkpoint's `config.json`, with every size and the parameter total in bounds.
+
+    Checked before anything is allocated: the sizes are untrusted input.
+    """
+    config = VLAConfig.load(root / CONFIG_FILE)
+    try:
+        check_parameter_budget(config)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {root}: {CONFIG_FILE}: {exc}") from None
+    return config
+
+
 def load_checkpoint(ckpt_dir: str | Path) -> tuple[VLAConfig, ActionModel]:
     """Read config + weights into a fresh `ActionModel` (on CPU), checking shapes."""
     root = Path(ckpt_dir)
     if not root.is_dir():
         raise CheckpointError(f"checkpoint {root}: no such directory")
-    config = VLAConfig.load(root / CONFIG_FILE)
+    config = load_config(root)
     model = ActionModel(config)
     expected = _split(model)
     loaded: dict[str, torch.Tensor] = {}

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +27,33 @@ StateInput = Literal["positions", "velocities"]
 #: Real-time friendly bounds: about 64 merged tokens per image (224x224 worth).
 DEFAULT_MIN_PIXELS = 4 * 28 * 28
 DEFAULT_MAX_PIXELS = 64 * 28 * 28
+
+# Bounds on every size a config.json can ask for. A checkpoint is input like
+# any other: without them `"model_dim": 1000000` allocates terabytes before
+# any check runs. They are far above any real policy and far below harm.
+#: Width of a feature or of the expert (Qwen2.5-VL-72B's hidden size is 8192).
+MAX_WIDTH = 65536
+#: Joints an arm can have.
+MAX_ACTION_DIM = 1024
+#: Rows of an action chunk.
+MAX_HORIZON = 1024
+#: Euler steps of the flow head (each one is a forward pass per tick).
+MAX_FLOW_STEPS = 1000
+#: Auxiliary sensors, and values per sensor.
+MAX_SENSORS, MAX_SENSOR_DIM = 64, 65536
+#: Image bounds: Qwen2.5-VL's own maximum (16384 merged 28x28 patches).
+MAX_IMAGE_PIXELS = 16384 * 28 * 28
+#: A delta policy's largest step per control period (rad): more is no "delta".
+MAX_DELTA = math.pi
+#: config.json is a few KiB; anything bigger is not one.
+MAX_CONFIG_BYTES = 16 << 20
+
+
+def _count(name: str, value: object, high: int) -> int:
+    """An integer size in [1, high]; bools and floats are refused (`1.5` layers is a typo)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise ValueError(f"{name} must be an integer in [1, {high}], got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -40,6 +70,8 @@ class Preprocessing:
     pooling: Literal["mean"] = "mean"
 
     def __post_init__(self) -> None:
+        _count("min_pixels", self.min_pixels, MAX_IMAGE_PIXELS)
+        _count("max_pixels", self.max_pixels, MAX_IMAGE_PIXELS)
         if not (0 < self.min_pixels <= self.max_pixels):
             raise ValueError(
                 f"image bounds: need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}"
@@ -58,6 +90,9 @@ class NormStats:
     def __post_init__(self) -> None:
         if len(self.mean) != len(self.std):
             raise ValueError(f"norm stats: {len(self.mean)} means but {len(self.std)} stds")
+        for v in (*self.mean, *self.std):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"norm stats: every value must be a finite number, got {v!r}")
         if any(not s > 0 for s in self.std):
             raise ValueError("norm stats: every std must be > 0")
 
@@ -84,8 +119,16 @@ class ActionSpace:
     norm: NormStats | None = None
 
     def __post_init__(self) -> None:
-        if self.kind == "delta" and not self.max_delta > 0:
-            raise ValueError(f"action space: max_delta must be > 0, got {self.max_delta}")
+        if self.kind not in ("delta", "absolute"):
+            raise ValueError(f"action space: kind {self.kind!r} is not 'delta' or 'absolute'")
+        if self.kind == "delta" and not (
+            isinstance(self.max_delta, (int, float))
+            and not isinstance(self.max_delta, bool)
+            and 0 < self.max_delta <= MAX_DELTA
+        ):
+            raise ValueError(
+                f"action space: max_delta must be in (0, {MAX_DELTA:.4f}] rad, got {self.max_delta!r}"
+            )
         if self.kind == "absolute" and self.norm is None:
             raise ValueError("action space 'absolute' needs norm statistics")
 
@@ -115,9 +158,22 @@ class VLAConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        for name in ("vl_hidden", "action_dim", "horizon", "flow_steps", "model_dim"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        # Sizes first: everything below, and the modules built from this
+        # config, trust them.
+        for name, high in (
+            ("vl_hidden", MAX_WIDTH),
+            ("model_dim", MAX_WIDTH),
+            ("action_dim", MAX_ACTION_DIM),
+            ("horizon", MAX_HORIZON),
+            ("flow_steps", MAX_FLOW_STEPS),
+        ):
+            _count(name, getattr(self, name), high)
+        if isinstance(self.flow_seed, bool) or not isinstance(self.flow_seed, int):
+            raise ValueError(f"flow_seed must be an integer, got {self.flow_seed!r}")
+        if len(self.sensors) > MAX_SENSORS:
+            raise ValueError(f"at most {MAX_SENSORS} sensors, got {len(self.sensors)}")
+        for sensor, dim in self.sensors:
+            _count(f"sensor {sensor!r} dim", dim, MAX_SENSOR_DIM)
         if self.head not in ("regression", "flow"):
             raise ValueError(f"head {self.head!r} is not one of 'regression', 'flow'")
         if self.robot_state_enabled:
@@ -156,6 +212,8 @@ class VLAConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> VLAConfig:
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
         raw = dict(raw)
         version = raw.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
@@ -176,7 +234,7 @@ class VLAConfig:
         if "state_inputs" in raw:
             raw["state_inputs"] = tuple(raw["state_inputs"])
         if "sensors" in raw:
-            raw["sensors"] = tuple((str(n), int(d)) for n, d in raw["sensors"])
+            raw["sensors"] = tuple((str(n), d) for n, d in raw["sensors"])
         if raw.get("joint_names") is not None:
             raw["joint_names"] = tuple(raw["joint_names"])
         known = {f.name for f in dataclasses.fields(cls)}
@@ -187,10 +245,25 @@ class VLAConfig:
 
     @classmethod
     def load(cls, path: Path) -> VLAConfig:
-        """Read `config.json`; any problem is a `CheckpointError` naming the file."""
-        if not path.is_file():
+        """Read `config.json`; any problem is a `CheckpointError` naming the file.
+
+        Only a regular file of at most `MAX_CONFIG_BYTES` is read.
+        """
+        if not path.exists():
             raise CheckpointError(f"checkpoint {path.parent}: missing file {path.name}")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise CheckpointError(f"checkpoint {path.parent}: {path.name} is not a regular file")
+                data = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {path.parent}: {path.name} cannot be read: {exc.strerror}") from None
+        if len(data) > MAX_CONFIG_BYTES:
+            raise CheckpointError(
+                f"checkpoint {path.parent}: {path.name} is larger than {MAX_CONFIG_BYTES} bytes"
+            )
+        try:
+            return cls.from_dict(json.loads(data.decode("utf-8")))
         except (ValueError, TypeError, KeyError) as exc:
             raise CheckpointError(f"checkpoint {path.parent}: {path.name} is invalid: {exc}") from None

@@ -22,7 +22,7 @@ from drivers.base import Frame, RobotInfo, RobotState, SensorReading, build_conf
 from drivers.errors import DriverConfigError
 from policies.errors import CheckpointError, PolicyConfigError, PolicyError
 from policies.qwen_vla import checkpoint as ckpt
-from policies.qwen_vla.action_expert import ActionModel
+from policies.qwen_vla.action_expert import ActionModel, check_parameter_budget
 from policies.qwen_vla.config import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
@@ -31,7 +31,7 @@ from policies.qwen_vla.config import (
     Preprocessing,
     VLAConfig,
 )
-from policies.qwen_vla.vl_encoder import VLEncoder
+from policies.qwen_vla.vl_encoder import VLEncoder, check_model_ref
 
 LOG = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def build_vl_encoder(options: QwenVLAOptions, device: str | torch.device = "cpu"
     """
     if options.checkpoint:
         root = Path(options.checkpoint)
-        config = VLAConfig.load(root / ckpt.CONFIG_FILE)
+        config = ckpt.load_config(root)
         ref = options.vl_model or ckpt.resolve_vl_ref(config, root)
         pp = config.preprocessing
     else:
@@ -117,7 +117,7 @@ def default_config(options: QwenVLAOptions, robot: RobotInfo, vl_hidden: int, vl
     half = np.maximum((upper - lower) / 2, 1e-3)
     sensors = options.sensor_spec()
     try:
-        return VLAConfig(
+        config = VLAConfig(
             vl_model=vl_ref,
             vl_hidden=vl_hidden,
             action_dim=robot.dof,
@@ -132,8 +132,10 @@ def default_config(options: QwenVLAOptions, robot: RobotInfo, vl_hidden: int, vl
             action_space=ActionSpace(kind="delta", max_delta=options.max_delta or 0.02),
             joint_names=robot.joint_names,
         )
+        check_parameter_budget(config)
     except ValueError as exc:
         raise PolicyConfigError(f"qwen-vla: {exc}") from None
+    return config
 
 
 class QwenVLAPolicy:
@@ -168,10 +170,13 @@ class QwenVLAPolicy:
             root = Path(opts.checkpoint)
             if not root.is_dir():
                 raise CheckpointError(f"checkpoint {root}: no such directory")
-            VLAConfig.load(root / ckpt.CONFIG_FILE)  # fail now, not at load
+            config = ckpt.load_config(root)  # fail now, not at load
+            check_model_ref(opts.vl_model or ckpt.resolve_vl_ref(config, root))
         else:
             opts.preprocessing()
             opts.sensor_spec()
+            if opts.vl_model:
+                check_model_ref(opts.vl_model)
         return cls(opts)
 
     @classmethod

@@ -27,6 +27,42 @@ LOG = logging.getLogger(__name__)
 
 Sample = tuple[Sequence[np.ndarray], str]
 
+#: Weight files that are pickles: loading one can run arbitrary code, so they
+#: are never loaded, whatever torch's `weights_only` would do.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_weight_files(root: Path) -> None:
+    """Refuse a model directory whose weights are pickles, missing or corrupt, naming the file.
+
+    Reads only the safetensors headers (which also checks that each header's
+    offsets cover the file exactly): cheap even for a 3B model, and done
+    before `from_pretrained` so the error is ours, one line, not a traceback
+    from deep inside transformers.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(p for p in root.iterdir() if p.is_file())
+    weights = [p for p in files if p.name.endswith(".safetensors")]
+    pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+    if not weights:
+        if pickles:
+            raise PolicyConfigError(
+                f"VL model {root}: its weights are pickle files ({', '.join(pickles)}), which are"
+                " never loaded (unpickling can run code); convert them to safetensors"
+            )
+        raise PolicyConfigError(f"VL model {root}: no *.safetensors weight files")
+    if pickles:
+        LOG.info("VL model %s: ignoring pickle files %s (safetensors only)", root, pickles)
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise PolicyConfigError(
+                f"VL model {root}: {path.name} is corrupt or unreadable: {exc}"
+            ) from None
+
 
 def masked_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean of `hidden` (B, S, H) over the positions where the mask is 1 -> (B, 1, H).
@@ -61,6 +97,22 @@ def resolve_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
         raise PolicyConfigError(
             f"dtype {dtype!r} is not one of 'auto', 'float32', 'bfloat16', 'float16'"
         ) from None
+
+
+def check_model_ref(ref: str | Path) -> tuple[str, dict[str, Any]]:
+    """A model directory (weights checked) or a hub id -> (ref, `from_pretrained` kwargs).
+
+    Cheap (no weights read), so a policy can call it when it is configured,
+    before the controller connects to anything.
+    """
+    ref = str(ref)
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        check_weight_files(local)
+        return str(local), {}
+    if local.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        raise PolicyConfigError(f"VL model {ref!r}: no such model directory")
+    return ref, {"local_files_only": True}
 
 
 class VLEncoder:
@@ -107,26 +159,21 @@ class VLEncoder:
         Never downloads: a controller must not start pulling gigabytes at run
         time. A ref that is neither is a `PolicyConfigError` saying so.
         """
+        from safetensors import SafetensorError
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
         dev = torch.device(device)
         torch_dtype = resolve_dtype(dev, dtype)
-        ref = str(ref)
-        local = Path(ref).expanduser()
-        kwargs: dict[str, Any] = {}
-        if local.is_dir():
-            ref = str(local)
-        elif local.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-            raise PolicyConfigError(f"VL model {ref!r}: no such model directory")
-        else:
-            kwargs["local_files_only"] = True
+        ref, kwargs = check_model_ref(ref)
         LOG.info("loading VL model %s on %s (%s)", ref, dev, torch_dtype)
         try:
             processor = AutoProcessor.from_pretrained(ref, **kwargs)
+            # use_safetensors: a hub-cache entry holding only pickles fails
+            # instead of being unpickled.
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                ref, dtype=torch_dtype, **kwargs
+                ref, dtype=torch_dtype, use_safetensors=True, **kwargs
             )
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, SafetensorError) as exc:
             raise PolicyConfigError(
                 f"VL model {ref!r} cannot be loaded: {exc}. A hub id must already be"
                 " downloaded (e.g. `hf download Qwen/Qwen2.5-VL-3B-Instruct`); nothing is"

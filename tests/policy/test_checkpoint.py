@@ -113,11 +113,11 @@ def test_checkpoint_fixes_shape_options(saved):
         QwenVLAPolicy.from_options({"checkpoint": str(saved[1]), "horizon": 3})
 
 
-def test_missing_embedded_vl_model_is_named(saved, tmp_path, make_robot):
+def test_missing_embedded_vl_model_is_named(saved, tmp_path):
     import shutil
 
     path = _copy(saved[1], tmp_path / "c")
     shutil.rmtree(path / "vl_model")
-    policy = QwenVLAPolicy.from_options({"checkpoint": str(path)})
+    # Found when the policy is configured, before the controller connects anything.
     with pytest.raises(CheckpointError, match=r"missing directory vl_model/"):
-        policy.load("cpu", make_robot(6), 0.1)
+        QwenVLAPolicy.from_options({"checkpoint": str(path)})

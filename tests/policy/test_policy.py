@@ -61,10 +61,10 @@ def test_bad_options_are_refused_with_the_option_named(tmp_path):
         QwenVLAPolicy.from_options({"min_pixels": 10_000, "max_pixels": 100})
 
 
-def test_missing_vl_model_is_a_config_error(tmp_path, make_robot):
-    policy = QwenVLAPolicy.from_options({"vl_model": str(tmp_path / "absent")})
+def test_missing_vl_model_is_a_config_error(tmp_path):
+    # Found when the policy is configured, before the controller connects anything.
     with pytest.raises(PolicyConfigError, match="no such model directory"):
-        policy.load("cpu", make_robot(6), 0.1)
+        QwenVLAPolicy.from_options({"vl_model": str(tmp_path / "absent")})
 
 
 def test_wrong_feature_shape_is_refused(tiny_cache, make_robot):
