@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policies.cli_args import OneLineArgumentParser
 from policies.errors import PolicyError
 
 
@@ -96,8 +97,32 @@ def _fmt(s: dict[str, float]) -> str:
     return f"p50 {s['p50_ms']:8.2f} ms   p99 {s['p99_ms']:8.2f} ms   max {s['max_ms']:8.2f} ms"
 
 
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {value}")
+        return value
+
+    return parse
+
+
+def _size(text: str) -> tuple[int, int]:
+    """`480x640` -> (480, 640), each side in [1, 8192]."""
+    h, sep, w = text.lower().partition("x")
+    if sep and h.isdigit() and w.isdigit() and 1 <= int(h) <= 8192 and 1 <= int(w) <= 8192:
+        return int(h), int(w)
+    raise argparse.ArgumentTypeError(f"expected HxW with sides in [1, 8192], e.g. 480x640, got {text!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m policies.bench", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="python -m policies.bench", description=__doc__.split("\n\n")[0])
+    # Bounded integers and a checked HxW: a typo is one argparse line, exit 2,
+    # not a traceback from numpy after the model has loaded.
+    runs, some = _int_in(1, 1 << 20), _int_in(0, 1 << 20)
     sub = parser.add_subparsers(dest="what", required=True)
     for name in ("vl", "act"):
         p = sub.add_parser(name)
@@ -106,17 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--cache-dir")
         p.add_argument("--device", default="cpu")
         p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-        p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-        p.add_argument("--iters", type=int, default=50 if name == "vl" else 500)
-        p.add_argument("--warmup", type=int, default=3 if name == "vl" else 20)
+        p.add_argument("--threads", type=_int_in(1, 1024), help="torch intra-op threads (default: torch's)")
+        p.add_argument("--iters", type=runs, default=50 if name == "vl" else 500)
+        p.add_argument("--warmup", type=some, default=3 if name == "vl" else 20)
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     v = sub.choices["vl"]
-    v.add_argument("--images", type=int, nargs="+", default=[1, 5])
-    v.add_argument("--size", default="480x640", help="camera image HxW (default 480x640)")
+    v.add_argument("--images", type=_int_in(1, 64), nargs="+", default=[1, 5])
+    v.add_argument("--size", type=_size, default=(480, 640), help="camera image HxW (default 480x640)")
     v.add_argument("--instruction", default="pick up the red cube and place it in the blue bowl")
     a = sub.choices["act"]
     a.add_argument("--head", choices=("regression", "flow"))
-    a.add_argument("--dof", type=int, default=6)
+    a.add_argument("--dof", type=_int_in(1, 1024), default=6)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -129,9 +154,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cache_dir": args.cache_dir, "dtype": args.dtype,
         "head": getattr(args, "head", None),
     }.items() if v is not None}
+    try:
+        cuda = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        print(f"error: device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     env = {
         "device": args.device,
-        "cuda": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
+        "cuda": cuda,
         "cpu": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -141,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from policies.qwen_vla.policy import build_vl_encoder
 
             encoder = build_vl_encoder(QwenVLAPolicy.from_options(options).options, args.device)
-            h, w = (int(x) for x in args.size.lower().split("x"))
+            h, w = args.size
             results = [bench_vl(encoder, n, (h, w), args.iters, args.warmup, args.instruction)
                        for n in args.images]
             report = {"env": env, "model": encoder.ref, "dtype": str(next(encoder.model.parameters()).dtype),

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policies.cli_args import OneLineArgumentParser
 from policies.errors import PolicyError
 
 LOG = logging.getLogger("policies.vl_cache")
@@ -445,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 on success; 2 with one line for bad input (dataset, images, output
     directory, model, cache), all checked before the model loads where possible;
     1 when writing the cache failed."""
-    parser = argparse.ArgumentParser(prog="python -m policies.vl_cache", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="python -m policies.vl_cache", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="encode a dataset of samples into a cache directory")
     b.add_argument("--dataset", required=True, type=Path, help="samples JSONL file")

@@ -157,6 +157,17 @@ def test_dataset_that_is_not_utf8_or_missing_is_named(capsys, tmp_path, model_ne
     assert "not a regular file" in _one_line(err)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["build", "--out", "x"], ["build", "--dataset", "d", "--out", "x", "--min-pixels", "many"]],
+)
+def test_bad_arguments_are_one_line(capsys, model_never_loads, argv):
+    with pytest.raises(SystemExit) as info:
+        vl_cache.main(argv)
+    assert info.value.code == 2
+    assert "error: " in _one_line(capsys.readouterr().err)
+
+
 # -- VL cache: never delete what we did not create ------------------------------------
 
 

@@ -41,3 +41,19 @@ def test_encode_and_act_concurrently_match_sequential(tiny_cache, make_images, m
             assert torch.equal(f.result(), features)
         for a in acts:
             np.testing.assert_array_equal(a.result(), expected_chunk)
+
+
+def test_bench_bad_arguments_are_one_line_before_any_model_loads(capsys, monkeypatch):
+    import pytest
+
+    def no_model(*_a, **_k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(QwenVLAPolicy, "from_options", classmethod(no_model))
+    for argv in (["vl", "--size", "abc"], ["vl", "--iters", "0"], ["act", "--dof", "0"],
+                 ["vl", "--images", "0"], ["act", "--warmup", "-1"]):
+        with pytest.raises(SystemExit) as info:
+            bench.main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "error: argument" in err, err
