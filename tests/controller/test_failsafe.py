@@ -347,3 +347,18 @@ async def test_resume_is_refused_during_a_protective_stop(controller_harness, ca
     assert robot.resumes == 0
     assert _commands_between(robot, t_stop, t_stop + 10) == 0
     assert "robot refused to resume" in caplog.text
+
+
+@virtual
+async def test_the_heap_loaded_before_active_is_frozen_out_of_full_collections(
+    controller_harness,
+):
+    import gc
+
+    gc.unfreeze()
+    h = controller_harness()
+    h.start(2)
+    await h.until_active()
+    assert gc.get_freeze_count() > 0  # models and drivers loaded: no full GC walks them
+    await h.task
+    gc.unfreeze()
