@@ -27,4 +27,4 @@ for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
 
 from controller.cli import main  # noqa: E402  (after the handlers, on purpose)
 
-sys.exit(main(early_signals=_early))
+sys.exit(main(early_signals=_early, owns_process=True))

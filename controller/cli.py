@@ -29,9 +29,11 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,6 +57,11 @@ STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
 _OPERATOR_SIGNALS = frozenset(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)
 )
+#: An operator's "resume" after a stop the robot did not cause (`kill -USR1 PID`).
+RESUME_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
+#: Seconds the process may take to exit once the run is over, beyond the
+#: controller's own bounded shutdown, before the exit watchdog forces it.
+EXIT_GRACE_S = 5.0
 #: Longest message printed: a repr of a huge array must not flood the terminal.
 _MAX_MESSAGE = 1000
 
@@ -273,6 +280,50 @@ def build(run: RunConfig) -> Controller:
     )
 
 
+class ExitWatchdog:
+    """The last resort: end the process if shutting down takes far longer than it may.
+
+    Every step of the controller's own shutdown is bounded, but a thread
+    cannot be interrupted: a model job or a driver thread that never returns
+    keeps the event loop's executor (and Python's exit, which joins worker
+    threads) waiting forever. Once the run is over, or a stop was asked for,
+    this daemon thread gives the process `grace` seconds to exit, then says
+    so on stderr and ends it with `os._exit`. The arm was already stopped by
+    then: `robot.stop()` runs first, bounded.
+    """
+
+    def __init__(self, prog: str) -> None:
+        self.prog = prog
+        self.code = EXIT_FAILED
+        self._armed = threading.Event()
+        self._disarmed = threading.Event()
+        self._deadline = 0.0
+
+    def disarm(self) -> None:
+        """`main` ran in someone else's process (a test, an embedding app): never end it."""
+        self._disarmed.set()
+
+    def arm(self, grace: float) -> None:
+        if self._armed.is_set() or self._disarmed.is_set():
+            return
+        self._deadline = time.monotonic() + grace
+        self._armed.set()
+        threading.Thread(target=self._watch, name="exit-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while (left := self._deadline - time.monotonic()) > 0:
+            if self._disarmed.wait(min(left, 0.5)):
+                return
+        stuck = [t.name for t in threading.enumerate() if not t.daemon and t.is_alive()]
+        sys.stderr.write(
+            f"{self.prog}: the process did not exit in time after the run ended"
+            f" (threads still running: {', '.join(stuck) or 'none'}); forcing the exit\n"
+        )
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(self.code)
+
+
 class SignalRouter:
     """SIGINT, SIGTERM and SIGHUP -> a controller stop, in every phase of the process.
 
@@ -291,6 +342,8 @@ class SignalRouter:
         self._previous: dict[signal.Signals, Any] = {}
         self._controller: Controller | None = None
         self._task: asyncio.Task[Any] | None = None
+        #: Called on the first stop signal (the CLI arms its exit watchdog there).
+        self.on_stop: Callable[[], None] | None = None
 
     @property
     def signals(self) -> tuple[signal.Signals, ...]:
@@ -306,6 +359,10 @@ class SignalRouter:
                 continue  # nohup / background job: the user asked for this
             self._previous.setdefault(sig, current)
             signal.signal(sig, self._record)
+        if RESUME_SIGNAL is not None:
+            # Its default action kills the process: outside a run it means nothing.
+            self._previous.setdefault(RESUME_SIGNAL, signal.getsignal(RESUME_SIGNAL))
+            signal.signal(RESUME_SIGNAL, self._resume_outside_a_run)
 
     def restore(self) -> None:
         """Put back the handlers found at `install` (matters when `main` runs in-process)."""
@@ -316,6 +373,14 @@ class SignalRouter:
     def _record(self, signum: int, _frame: FrameType | None) -> None:
         self.received.append(signal.Signals(signum))
 
+    @staticmethod
+    def _resume_outside_a_run(_signum: int, _frame: FrameType | None) -> None:
+        log.warning("resume signal ignored: no run is in progress")
+
+    def _resume(self) -> None:
+        if self._controller is not None:
+            self._controller.request_resume()
+
     def _deliver(self, sig: signal.Signals) -> None:
         self.received.append(sig)
         self._act(len(self.received) - 1)
@@ -323,10 +388,14 @@ class SignalRouter:
     def _act(self, index: int) -> None:
         sig = self.received[index]
         if index == 0:
+            if self.on_stop is not None:
+                self.on_stop()
             if self._controller is not None:
                 self._controller.request_stop(f"signal {sig.name}")
         elif self._task is not None and not self._task.done():
-            log.warning("second signal %s: cancelling the run (the robot is still stopped)", sig.name)
+            log.warning(
+                "second signal %s: cancelling the run (the robot is still stopped)", sig.name
+            )
             self._task.cancel()
 
     def attach(self, controller: Controller) -> Callable[[], None]:
@@ -340,7 +409,10 @@ class SignalRouter:
         installed: list[signal.Signals] = []
         for sig in self.signals:
             try:
-                loop.add_signal_handler(sig, self._deliver, sig)
+                if sig == RESUME_SIGNAL:
+                    loop.add_signal_handler(sig, self._resume)
+                else:
+                    loop.add_signal_handler(sig, self._deliver, sig)
                 installed.append(sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread, or no signals here: the plain handler stays
@@ -350,7 +422,10 @@ class SignalRouter:
         def detach() -> None:
             for sig in installed:
                 loop.remove_signal_handler(sig)  # resets to SIG_DFL: take it back
-                signal.signal(sig, self._record)
+                if sig == RESUME_SIGNAL:
+                    signal.signal(sig, self._resume_outside_a_run)
+                else:
+                    signal.signal(sig, self._record)
             self._controller = self._task = None
 
         return detach
@@ -365,12 +440,23 @@ class SignalRouter:
         return default if first in _OPERATOR_SIGNALS else 128 + int(first)
 
 
-async def _run(controller: Controller, duration: float | None, router: SignalRouter) -> dict[str, Any]:
+async def _run(
+    controller: Controller,
+    duration: float | None,
+    router: SignalRouter,
+    watchdog: ExitWatchdog,
+) -> dict[str, Any]:
     detach = router.attach(controller)
     try:
         return await controller.run(duration)
     finally:
         detach()
+        watchdog.arm(_exit_grace(controller))
+
+
+def _exit_grace(controller: Controller) -> float:
+    """How long the process may take to exit: the bounded shutdown steps, plus slack."""
+    return 4 * controller.config.stop_timeout + EXIT_GRACE_S
 
 
 def _one_line(text: str) -> str:
@@ -397,21 +483,36 @@ def _loop_factory(no_uvloop: bool) -> Any:
     return uvloop.new_event_loop
 
 
-def main(argv: Sequence[str] | None = None, *, early_signals: Sequence[int] = ()) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    early_signals: Sequence[int] = (),
+    owns_process: bool = False,
+) -> int:
     """Run the controller from the command line; returns the exit code (see the module doc).
 
     `early_signals` are signals `controller.__main__` caught before this
-    module was imported.
+    module was imported. With `owns_process` (`python -m controller`, the
+    console script) the exit watchdog may end the process if it cannot exit
+    after the run; called in-process, `main` never ends its host.
     """
     router = SignalRouter(early_signals)
     router.install()
+    watchdog = ExitWatchdog(build_parser().prog)
     try:
-        return _main(argv, router)
+        return _main(argv, router, watchdog)
     finally:
         router.restore()
+        if not owns_process:
+            watchdog.disarm()
 
 
-def _main(argv: Sequence[str] | None, router: SignalRouter) -> int:
+def console_main() -> int:
+    """The `vla-controller` console script: owns its process, like `python -m controller`."""
+    return main(owns_process=True)
+
+
+def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchdog) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -440,14 +541,19 @@ def _main(argv: Sequence[str] | None, router: SignalRouter) -> int:
         return EXIT_USAGE
     summary: dict[str, Any] | None = None
     code = EXIT_OK
+    runner: asyncio.Runner | None = None
+    router.on_stop = lambda: watchdog.arm(_exit_grace(controller) + controller.config.stop_timeout)
     if router.received:
         names = ", ".join(s.name for s in router.received)
         print(f"{prog}: {names} before the run started: not connecting", file=sys.stderr)
         code = router.exit_code(EXIT_OK)
     else:
+        # Closed only after the summary and stats are out: closing waits for the
+        # loop's executor threads, which a stuck model job can hold forever
+        # (then the exit watchdog ends the process, with the report written).
+        runner = asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop))
         try:
-            with asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop)) as runner:
-                summary = runner.run(_run(controller, run.duration, router))
+            summary = runner.run(_run(controller, run.duration, router, watchdog))
             code = router.exit_code(EXIT_OK)
         except USER_ERRORS as exc:
             print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
@@ -471,6 +577,7 @@ def _main(argv: Sequence[str] | None, router: SignalRouter) -> int:
         "robot_stop_calls": controller.robot_stops,
         "signals": [s.name for s in router.received],
     }
+    watchdog.code = code
     print(format_summary(summary))
     if run.stats_json:
         try:
@@ -479,5 +586,8 @@ def _main(argv: Sequence[str] | None, router: SignalRouter) -> int:
             print(
                 f"{prog}: cannot write stats to {run.stats_json!r}: {exc.strerror}", file=sys.stderr
             )
-            return code or EXIT_FAILED
+            code = code or EXIT_FAILED
+    if runner is not None:
+        sys.stdout.flush()
+        runner.close()
     return code

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import ConfigError
-from controller.runtime import ControllerConfig
+from controller.runtime import MAX_DURATION, ControllerConfig
 from controller.safety import SafetyConfig
 
 #: The policy a run uses when neither `--policy` nor `policy.name` names one.
@@ -24,8 +24,6 @@ DEFAULT_POLICY = "qwen-vla"
 #: A config file is a few hundred bytes; refusing anything over this keeps a
 #: wrong path (`/dev/zero`, a video, a core dump) from being read into memory.
 MAX_CONFIG_BYTES = 1 << 20
-#: Longest run accepted (about 115 days): beyond it a typo, not an intent.
-MAX_DURATION = 1e7
 #: `action_timeout_ms` as ControllerConfig bounds `action_timeout` (seconds).
 _MIN_ACTION_TIMEOUT_MS, _MAX_ACTION_TIMEOUT_MS = 0.1, 10_000.0
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,4})?")

@@ -45,6 +45,10 @@ from policies.base import Policy
 log = logging.getLogger("controller")
 
 
+#: Longest run accepted (about 115 days): beyond it a typo, not an intent.
+MAX_DURATION = 1e7
+
+
 class Phase(enum.Enum):
     CONFIGURING = "configuring"
     WARMING_UP = "warming_up"
@@ -284,9 +288,11 @@ class Controller:
         bounded by `stop_timeout`, so a wedged driver cannot hang the exit.
         """
         if duration is not None and not (
-            isinstance(duration, (int, float)) and 0 < duration <= 1e7
+            isinstance(duration, (int, float)) and 0 < duration <= MAX_DURATION
         ):
-            raise ConfigError(f"duration must be a number of seconds in (0, 1e7], got {duration!r}")
+            raise ConfigError(
+                f"duration must be a number of seconds in (0, {MAX_DURATION:g}], got {duration!r}"
+            )
         self._run_task = asyncio.current_task()
         robot_touched = False
         try:
