@@ -14,18 +14,31 @@ that never returns, each with the time the run took to end.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from controller.clock import run_virtual
+from controller.fault_report import (
+    DETECTION,
+    EXIT_COLUMNS,
+    FAULT,
+    HELD_AS,
+    INVARIANTS,
+    RECOVERY_NEEDS,
+    Column,
+    ExitRow,
+    cell_ms,
+    ms,
+    parse,
+    report,
+    table,
+    tool_parser,
+)
 from controller.faults import FAULTS, Fault, make_rig
 from controller.harness import ControllerHarness
 from drivers.fake import FakeRobot
@@ -90,21 +103,13 @@ async def measure(fault: Fault, *, seed: int = 0) -> Row:
         what=fault.what,
         expected=sorted(expected),
         detected_as=[reason for reason, _ in during.most_common()],
-        detection_ms=None if detection is None else round(detection * 1e3, 1),
-        last_command_ms=round((max(during_fault) - t_on) * 1e3, 1) if during_fault else None,
-        recovery_ms=round((after[0] - t_off) * 1e3, 1) if after else None,
+        detection_ms=ms(detection),
+        last_command_ms=ms(max(during_fault) - t_on) if during_fault else None,
+        recovery_ms=ms(after[0] - t_off) if after else None,
         recovery_needs=fault.recovery,
         commands_during_fault=len(during_fault),
         violations=violations,
     )
-
-
-@dataclass
-class ExitRow:
-    case: str
-    ended_after_ms: float
-    robot_stop_calls: int
-    bound_ms: float
 
 
 async def exit_rows() -> list[ExitRow]:
@@ -151,57 +156,31 @@ async def run_matrix(names: Sequence[str] | None = None, seed: int = 0) -> dict[
     }
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f}"
-
-
 def to_markdown(result: dict[str, Any]) -> str:
-    lines = [
-        "| fault | held as | detection (ms) | last command after onset (ms) | first command after it ends (ms) | recovery needs | invariants |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in result["faults"]:
-        inv = "ok" if not r["violations"] else f"{len(r['violations'])} broken"
-        lines.append(
-            f"| {r['fault']}: {r['what']} | {', '.join(r['detected_as']) or '-'} |"
-            f" {_ms(r['detection_ms'])} | {_ms(r['last_command_ms'])} |"
-            f" {_ms(r['recovery_ms'])} | {r['recovery_needs']} | {inv} |"
-        )
-    lines += [
-        "",
-        "| exit case | ended after (ms) | robot.stop() calls | bound (ms) |",
-        "|---|---|---|---|",
-    ]
-    for e in result["exits"]:
-        lines.append(
-            f"| {e['case']} | {e['ended_after_ms']:.0f} | {e['robot_stop_calls']} | {e['bound_ms']:.0f} |"
-        )
-    return "\n".join(lines)
+    lines = table(
+        [
+            FAULT,
+            HELD_AS,
+            DETECTION,
+            Column("last command after onset (ms)", lambda r: cell_ms(r["last_command_ms"])),
+            Column("first command after it ends (ms)", lambda r: cell_ms(r["recovery_ms"])),
+            RECOVERY_NEEDS,
+            INVARIANTS,
+        ],
+        result["faults"],
+    )
+    return "\n".join([*lines, "", *table(EXIT_COLUMNS, result["exits"])])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m controller.fault_matrix", description=__doc__)
-    p.add_argument("--fault", action="append", help="run only this fault (repeatable)")
+    p = tool_parser("python -m controller.fault_matrix", __doc__, what="fault")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
-    args = p.parse_args(argv)
+    args = parse(p, argv, sorted(f.name for f in FAULTS), what="fault")
     logging.basicConfig(level=logging.ERROR)  # the holds are the table, not log lines
-    known = {f.name for f in FAULTS}
-    unknown = sorted(set(args.fault or ()) - known)
-    if unknown:
-        p.exit(
-            2,
-            f"{p.prog}: error: unknown fault(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})\n",
-        )
     result = run_virtual(lambda: run_matrix(args.fault, args.seed))
-    print(to_markdown(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    bad = [r["fault"] for r in result["faults"] if not r["ok"]]
-    if bad:
-        print(f"{p.prog}: not detected or invariants broken: {', '.join(bad)}", file=sys.stderr)
-        return 1
-    return 0
+    return report(
+        p.prog, result, to_markdown(result), args.json, why="not detected or invariants broken"
+    )
 
 
 if __name__ == "__main__":

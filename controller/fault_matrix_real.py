@@ -33,28 +33,25 @@ recovered, or an exit was not bounded.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import itertools
-import json
 import logging
 import math
 import os
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from controller import fault_report
 from controller.executor import ComputeExecutor
+from controller.fault_report import cell_ms, ms
 from controller.harness import ControllerHarness
+from controller.loop_thread import LoopThread
 from controller.safety import HoldReason
 from drivers.base import JointCommand, RobotState
 from drivers.fake import FakeCamera
@@ -70,6 +67,7 @@ from policies.fake import FakePolicy
 log = logging.getLogger(__name__)
 
 H = HoldReason
+T = TypeVar("T")
 
 #: After a person's stop the arm may still decelerate; beyond this it moved (rad).
 MOTION_TOLERANCE = 0.01
@@ -104,68 +102,37 @@ class ArmSample:
     scripts: int
 
 
-class SimThread:
+class SimThread(LoopThread):
     """A `UrSimulator` on its own event loop in its own thread.
 
     A real robot controller does not stop when the PC does: in the
     controller's loop the simulator would stall with it, and its watchdogs
     would never see a PC stall. Everything done to the simulator goes through
-    `call()`, which runs it on the simulator's loop.
+    `on_sim()`, which runs it on the simulator's loop.
     """
 
     def __init__(self, config: SimConfig, *, status_register: str, sample_hz: float = 100.0):
+        super().__init__(f"ur-sim-{config.host}")
         self.config = config
         self.status_register = status_register
         self.sample_period = 1.0 / sample_hz
         self.track: list[ArmSample] = []
         self.sim: UrSimulator | None = None
         self.recorder: SimRecorder | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(
-            target=self._main, name=f"ur-sim-{config.host}", daemon=True
-        )
+        self._sampler: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> SimThread:
-        self._thread.start()
-        async with asyncio.timeout(10.0):
-            await asyncio.wrap_future(self._ready)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # its loop already ended
-                loop.call_soon_threadsafe(stop.set)
-        await asyncio.to_thread(self._thread.join, 10.0)
-
-    def _main(self) -> None:
-        loop = asyncio.new_event_loop()  # the standard loop: time() is time.monotonic()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        finally:
-            loop.close()
-
-    async def _serve(self) -> None:
+    async def _setup(self) -> None:
         sim = UrSimulator(self.config)
-        try:
-            await sim.start()
-        except BaseException as exc:
-            self._ready.set_exception(exc)
-            return
+        await sim.start()
         self.sim, self.recorder = sim, sim.record()
-        self._stop = asyncio.Event()
-        sampler = asyncio.create_task(self._sample(sim), name="arm-sampler")
-        self._ready.set_result(None)
-        try:
-            await self._stop.wait()
-        finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
-            await sim.close()
+        self._sampler = asyncio.create_task(self._sample(sim), name="arm-sampler")
+
+    async def _teardown(self) -> None:
+        assert self.sim is not None and self._sampler is not None
+        self._sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sampler
+        await self.sim.close()
 
     async def _sample(self, sim: UrSimulator) -> None:
         loop = asyncio.get_running_loop()
@@ -183,15 +150,15 @@ class SimThread:
             )
             await asyncio.sleep(self.sample_period)
 
-    async def call(self, fn: Callable[[UrSimulator], Any]) -> Any:
+    async def on_sim(self, fn: Callable[[UrSimulator], T]) -> T:
         """Run `fn(sim)` on the simulator's loop (its fault methods need that loop)."""
-        assert self._loop is not None and self.sim is not None
         sim = self.sim
+        assert sim is not None
 
-        async def job() -> Any:
+        async def job() -> T:
             return fn(sim)
 
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(job(), self._loop))
+        return await self.call(job)
 
 
 # -------------------------------------------------------------- taps on the controller side
@@ -294,7 +261,7 @@ class Rig:
         self.marks[name] = time.monotonic() if at is None else at
 
     async def do(self, fn: Callable[[UrSimulator], Any]) -> Any:
-        return await self.sim.call(fn)
+        return await self.sim.on_sim(fn)
 
 
 Script = Callable[[Rig], Awaitable[None]]
@@ -702,9 +669,6 @@ def judge(
     expected = {r.value for r in fault.detected_by}
     broken: list[str] = []
 
-    holds = [(t, r) for t, r in tap.holds if onset <= t]
-    detection = next((t - onset for t, r in holds if r in expected), None)
-
     targets = _servo_targets(recorder, rig.robot.params)
     stale = unexplained = 0
     ages: list[float] = []
@@ -723,17 +687,13 @@ def judge(
             stale += 1
     in_fault = [t for t, _ in targets if onset + onset_grace <= t < clear]
     # Recovered: the arm took a target after the fault was cleared (or resume asked) AND
-    # after the controller first held for it (a target already in flight at onset is not
-    # a recovery).
-    first_hold = holds[0][0] if holds else -math.inf
-    after = [t for t, _ in targets if t >= clear and t > first_hold]
-    recovered_at = after[0] if after else math.inf
-    recovery = recovered_at - clear if after else None
+    # after the controller first held for it.
+    seen = fault_report.timeline(tap.holds, expected, (t for t, _ in targets), onset, clear)
+    detection, recovery, recovered_at = seen.detection, seen.recovery, seen.recovered_at
     # what the controller held for, from the onset until the arm took a target again
-    during = Counter(r for t, r in holds if t < recovered_at)
-    first_reason = holds[0][1] if holds and holds[0][0] < recovered_at else None
+    first_reason = seen.holds[0][1] if seen.holds and seen.first_hold < recovered_at else None
     held_as = ([first_reason] if first_reason else []) + [
-        r for r, _ in during.most_common() if r != first_reason
+        r for r, _ in seen.during.most_common() if r != first_reason
     ]
 
     before = [s for s in track if s.time <= onset]
@@ -819,9 +779,6 @@ def judge(
         if arm_still is None or arm_still - onset > bound:
             broken.append(f"the arm was not standing still within {bound:.2f} s of the stall")
 
-    def ms(v: float | None) -> float | None:
-        return None if v is None else round(v * 1e3, 1)
-
     return Row(
         fault=fault.name,
         what=fault.what,
@@ -854,11 +811,9 @@ def judge(
 
 
 @dataclass
-class ExitRow:
-    case: str
-    ended_after_ms: float
-    robot_stop_calls: int
-    bound_ms: float
+class ExitRow(fault_report.ExitRow):
+    """The exit row's figures, and what it left running and broke."""
+
     driver_tasks_left: list[str]
     violations: list[str]
     broken: list[str]
@@ -958,21 +913,21 @@ async def run_matrix(
     return out
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f}"
+def _motion(r: Mapping[str, Any]) -> str:
+    return "-" if r["motion_rad"] is None else f"{r['motion_rad']:.4f}"
 
 
 def _restarted(r: Mapping[str, Any]) -> str:
     if not r["restarted_by_driver"]:
         return "no"
-    when = f" at {_ms(r['restart_ms'])} ms" if r["restart_ms"] is not None else ""
+    when = f" at {cell_ms(r['restart_ms'])} ms" if r["restart_ms"] is not None else ""
     if r["who"] in ("person", "protective"):
         return "YES" + when
     if r["who"] == "auto_recover":
         return "yes, auto_recover" + when
     why = []
     if r["watchdog_fired_ms"] is not None:
-        why.append(f"our watchdog fired at {_ms(r['watchdog_fired_ms'])} ms")
+        why.append(f"our watchdog fired at {cell_ms(r['watchdog_fired_ms'])} ms")
     if r["reconnects"]:
         why.append(f"{r['reconnects']} reconnect(s)")
     return f"yes{when}, our own stop ({', '.join(why) or 'cause not seen'})"
@@ -987,85 +942,58 @@ def _notes(r: Mapping[str, Any]) -> str:
         notes.append(f"max true state age at act {r['max_state_age_at_act_ms']:.0f} ms")
     if r["fault"] == "pc_stall":
         notes.append(
-            f"program's watchdog fired at {_ms(r['program_stopped_ms'])} ms,"
-            f" arm still from {_ms(r['arm_still_ms'])} ms"
+            f"program's watchdog fired at {cell_ms(r['program_stopped_ms'])} ms,"
+            f" arm still from {cell_ms(r['arm_still_ms'])} ms"
         )
     elif r["who"] in ("person", "protective") and r["arm_still_ms"] is not None:
         notes.append(f"arm still from {r['arm_still_ms']:.0f} ms")
     if r["missed_ticks"]:
         notes.append(
             f"controller missed {r['missed_ticks']} tick(s), worst lateness"
-            f" {_ms(r['tick_lateness_max_ms'])} ms"
+            f" {cell_ms(r['tick_lateness_max_ms'])} ms"
         )
     return "; ".join(notes)
 
 
 def to_markdown(result: Mapping[str, Any]) -> str:
-    lines = [
-        "| fault | held as | detection (ms) | arm motion after onset (rad) | restarted by driver? |"
-        " recovery (ms) | recovery needs | invariants | simulator's view | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["faults"]:
-        inv = "ok" if not r["violations"] else f"{len(r['violations'])} broken"
-        motion = "-" if r["motion_rad"] is None else f"{r['motion_rad']:.4f}"
-        verdict = "ok" if r["ok"] else "BROKEN: " + "; ".join(r["broken"])
-        lines.append(
-            f"| {r['fault']}: {r['what']} | {', '.join(r['detected_as']) or '-'} |"
-            f" {_ms(r['detection_ms'])} | {motion} | {_restarted(r)} | {_ms(r['recovery_ms'])} |"
-            f" {r['recovery_needs']} | {inv} | {_notes(r)} | {verdict} |"
-        )
+    lines = fault_report.table(
+        [
+            fault_report.FAULT,
+            fault_report.HELD_AS,
+            fault_report.DETECTION,
+            fault_report.Column("arm motion after onset (rad)", _motion),
+            fault_report.Column("restarted by driver?", _restarted),
+            fault_report.RECOVERY,
+            fault_report.RECOVERY_NEEDS,
+            fault_report.INVARIANTS,
+            fault_report.Column("simulator's view", _notes),
+            fault_report.VERDICT,
+        ],
+        result["faults"],
+    )
     if result.get("exits"):
-        lines += [
-            "",
-            "| exit case | ended after (ms) | robot.stop() calls | bound (ms) | driver tasks left |"
-            " verdict |",
-            "|---|---|---|---|---|---|",
+        exit_columns = [
+            *fault_report.EXIT_COLUMNS,
+            fault_report.Column(
+                "driver tasks left", lambda e: ", ".join(e["driver_tasks_left"]) or "none"
+            ),
+            fault_report.VERDICT,
         ]
-        for e in result["exits"]:
-            verdict = "ok" if e["ok"] else "BROKEN: " + "; ".join(e["broken"])
-            lines.append(
-                f"| {e['case']} | {e['ended_after_ms']:.0f} | {e['robot_stop_calls']} |"
-                f" {e['bound_ms']:.0f} | {', '.join(e['driver_tasks_left']) or 'none'} |"
-                f" {verdict} |"
-            )
+        lines += ["", *fault_report.table(exit_columns, result["exits"])]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m controller.fault_matrix_real",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--row", action="append", metavar="NAME", help="run only this row (repeatable)")
+    p = fault_report.tool_parser("python -m controller.fault_matrix_real", __doc__, verbose=True)
     p.add_argument("--no-exit-row", action="store_true", help="skip the exit row")
-    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
-    p.add_argument("-v", "--verbose", action="store_true", help="log the drivers' warnings")
-    args = p.parse_args(argv)
-    unknown = sorted(set(args.row or ()) - set(ROW_NAMES))
-    if unknown:
-        p.exit(
-            2,
-            f"{p.prog}: error: unknown row(s) {', '.join(unknown)}"
-            f" (known: {', '.join(ROW_NAMES)})\n",
-        )
-    logging.basicConfig(
-        level=logging.WARNING if args.verbose else logging.CRITICAL,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    args = fault_report.parse(p, argv, ROW_NAMES)
+    return fault_report.run_real_time(
+        p,
+        args,
+        lambda: run_matrix(args.row, exits=not args.no_exit_row),
+        to_markdown,
+        verbose_level=logging.WARNING,
     )
-    # The standard loop: its time() is time.monotonic(), the simulator threads' clock too.
-    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
-        result = runner.run(run_matrix(args.row, exits=not args.no_exit_row))
-    print(to_markdown(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    bad = [r["fault"] for r in result["faults"] if not r["ok"]]
-    bad += [e["case"] for e in result["exits"] if not e["ok"]]
-    if bad:
-        print(f"{p.prog}: rules broken: {', '.join(bad)}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

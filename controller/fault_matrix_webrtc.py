@@ -45,9 +45,7 @@ broke, or the row did not run.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import gc
 import json
@@ -61,11 +59,13 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
+from controller import fault_report
 from controller.executor import ComputeExecutor
+from controller.fault_report import cell_ms, ms
 from controller.harness import ControllerHarness
+from controller.loop_thread import LoopThread
 from controller.safety import HoldReason, SafetyConfig
 from drivers.base import Frame, JointCommand, RobotState, SensorReading
 from drivers.fake import FakeRobot
@@ -83,7 +83,6 @@ from policies.fake import FakePolicy
 log = logging.getLogger(__name__)
 
 H = HoldReason
-T = TypeVar("T")
 
 #: The feature-age limit of every row: a camera that stops is noticed within it.
 MAX_FEATURE_AGE = 0.5
@@ -181,55 +180,6 @@ class Child:
         """The last line of its stderr, if it wrote one (a crash, a bad argument)."""
         lines = self._stderr.decode("utf-8", "replace").strip().splitlines()
         return lines[-1][:200] if lines else None
-
-
-class LoopThread:
-    """An event loop in a thread of its own, for a peer that must not share the controller's.
-
-    A media server keeps sending when the controller's loop is busy, and its
-    encoder's work must not be scheduled on the loop that runs the ticks.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-
-    async def __aenter__(self) -> LoopThread:
-        self._thread.start()
-        async with asyncio.timeout(10.0):
-            await asyncio.wrap_future(self._ready)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # its loop already ended
-                loop.call_soon_threadsafe(stop.set)
-        await asyncio.to_thread(self._thread.join, 10.0)
-
-    def _main(self) -> None:
-        loop = asyncio.new_event_loop()  # the standard loop: time() is time.monotonic()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        finally:
-            loop.close()
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        self._ready.set_result(None)
-        await self._stop.wait()
-
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Await `fn()` on the thread's loop."""
-        assert self._loop is not None
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_call(fn), self._loop))
-
-
-async def _call(fn: Callable[[], Awaitable[T]]) -> T:
-    return await fn()
 
 
 # -------------------------------------------------------------- taps on the controller side
@@ -880,33 +830,26 @@ async def measure(
     clear = marks.get("clear", math.inf)
     window_end = marks.get("window_end", marks.get("end", math.inf))
     expected = {r.value for r in fault.detected_by}
-    holds = [(t, r) for t, r in tap.holds if t >= onset]
-    detection = next((t - onset for t, r in holds if r in expected), None)
     robot = harness.robot
     sent = [t for t, _ in robot.commands] if isinstance(robot, FakeRobot) else []
-    first_hold = holds[0][0] if holds else -math.inf
-    after = [t for t in sent if t >= clear and t > first_hold] if fault.must_hold else []
-    recovered_at = after[0] if after else math.inf
-    recovery = (recovered_at - clear) if after else None
-    during = Counter(r for t, r in holds if t < recovered_at)
-    before_hold = [t for t in sent if onset <= t <= first_hold]
+    # an attack must not make the controller hold: no recovery to measure
+    seen = fault_report.timeline(tap.holds, expected, sent if fault.must_hold else (), onset, clear)
+    holds = seen.holds
+    before_hold = [t for t in sent if onset <= t <= seen.first_hold]
     window = [x for x in tap.ticks if onset <= x[0] <= window_end]
     before = [x for x in tap.ticks if marks.get("active", math.inf) <= x[0] < onset]
     ages = [t - s for t, s in tap.acts if math.isfinite(s)]
 
-    def ms(v: float | None) -> float | None:
-        return None if v is None else round(v * 1e3, 1)
-
     row = make_row(
         fault,
-        detected_as=[r for r, _ in during.most_common()],
-        detection_ms=ms(detection),
+        detected_as=[r for r, _ in seen.during.most_common()],
+        detection_ms=ms(seen.detection),
         holds_during=sum(1 for t, _ in holds if t <= window_end),
         holds_by_reason=dict(Counter(r for t, r in holds if t <= window_end)),
         commands_during=sum(1 for t in sent if onset <= t <= window_end),
         ticks_during=len(window),
         last_command_ms=ms(max(before_hold) - onset) if before_hold else None,
-        recovery_ms=ms(recovery),
+        recovery_ms=ms(seen.recovery),
         answers=rig.answers,
         camera=_camera_facts(rig.camera),
         missed_ticks=sum(m for _, _, m in window),
@@ -950,16 +893,12 @@ async def run_matrix(
     }
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f}"
-
-
 def _answers(r: Mapping[str, Any]) -> str:
     a = r["answers"]
     if r["fault"] == "whip_publisher_killed":
         return (
             f"new publisher: {a.get('new_publisher_409s')} x 409, then 201 at"
-            f" {_ms(a.get('new_publisher_201_ms'))} ms"
+            f" {cell_ms(a.get('new_publisher_201_ms'))} ms"
         )
     if "server_answers_while_broken" in a:
         return "server served " + (", ".join(a["server_answers_while_broken"]) or "nothing")
@@ -971,15 +910,15 @@ def _answers(r: Mapping[str, Any]) -> str:
 def _notes(r: Mapping[str, Any]) -> str:
     notes = [n for n in [_answers(r)] if n]
     if r["must_hold"]:
-        notes.append(f"last cmd {_ms(r['last_command_ms'])} ms after onset")
+        notes.append(f"last cmd {cell_ms(r['last_command_ms'])} ms after onset")
     else:
         notes.append(f"{r['commands_during']} cmd in {r['ticks_during']} ticks")
     c = r["camera"]
     if "connects" in c:
         notes.append(f"camera: {c['connects']} session(s), {c['failures']} failed attempt(s)")
     notes.append(
-        f"missed ticks {r['missed_ticks']}, lateness max {_ms(r['tick_lateness_max_ms'])} ms"
-        f" (before: {_ms(r['tick_lateness_max_before_ms'])})"
+        f"missed ticks {r['missed_ticks']}, lateness max {cell_ms(r['tick_lateness_max_ms'])} ms"
+        f" (before: {cell_ms(r['tick_lateness_max_before_ms'])})"
     )
     if r["gc_pauses_ms"]:
         notes.append(f"full GC pauses {', '.join(f'{d:.0f}' for d in r['gc_pauses_ms'])} ms")
@@ -991,61 +930,39 @@ def _notes(r: Mapping[str, Any]) -> str:
 
 
 def to_markdown(result: Mapping[str, Any]) -> str:
-    lines = [
-        "| fault | held as | detection (ms) | holds during (must be 0) | recovery (ms) |"
-        " recovery needs | invariants | measured | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+    columns = [
+        fault_report.FAULT,
+        fault_report.HELD_AS,
+        fault_report.DETECTION,
+        fault_report.Column(
+            "holds during (must be 0)",
+            lambda row: "-" if row["must_hold"] else str(row["holds_during"]),
+        ),
+        fault_report.RECOVERY,
+        fault_report.RECOVERY_NEEDS,
+        fault_report.INVARIANTS,
+        fault_report.Column("measured", _notes),
+        fault_report.VERDICT,
     ]
-    for r in result["faults"]:
-        inv = "ok" if not r["violations"] else f"{len(r['violations'])} broken"
-        holds = "-" if r["must_hold"] else str(r["holds_during"])
-        verdict = "ok" if r["ok"] else "BROKEN: " + "; ".join(r["broken"])
-        lines.append(
-            f"| {r['fault']}: {r['what']} | {', '.join(r['detected_as']) or '-'} |"
-            f" {_ms(r['detection_ms'])} | {holds} | {_ms(r['recovery_ms'])} |"
-            f" {r['recovery_needs']} | {inv} | {_notes(r)} | {verdict} |"
-        )
-    return "\n".join(lines)
+    return "\n".join(fault_report.table(columns, result["faults"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m controller.fault_matrix_webrtc",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--row", action="append", metavar="NAME", help="run only this row (repeatable)")
-    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p = fault_report.tool_parser("python -m controller.fault_matrix_webrtc", __doc__, verbose=True)
     p.add_argument(
         "--freeze-gc",
         action="store_true",
         help="gc.freeze() once the controller is warm, to measure what that would change"
         " (the controller does not do it itself)",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log the drivers' warnings")
-    args = p.parse_args(argv)
-    unknown = sorted(set(args.row or ()) - set(ROW_NAMES))
-    if unknown:
-        p.exit(
-            2,
-            f"{p.prog}: error: unknown row(s) {', '.join(unknown)}"
-            f" (known: {', '.join(ROW_NAMES)})\n",
-        )
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.CRITICAL,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    args = fault_report.parse(p, argv, ROW_NAMES)
+    return fault_report.run_real_time(
+        p,
+        args,
+        lambda: run_matrix(args.row, freeze_gc=args.freeze_gc),
+        to_markdown,
+        verbose_level=logging.INFO,
     )
-    # The standard loop: its time() is time.monotonic(), the peers' clock too.
-    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
-        result = runner.run(run_matrix(args.row, freeze_gc=args.freeze_gc))
-    print(to_markdown(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    bad = [r["fault"] for r in result["faults"] if not r["ok"]]
-    if bad:
-        print(f"{p.prog}: rules broken: {', '.join(bad)}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":
