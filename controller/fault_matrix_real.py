@@ -51,6 +51,7 @@ from controller import fault_report
 from controller.executor import ComputeExecutor
 from controller.fault_report import cell_ms, ms
 from controller.harness import ControllerHarness
+from controller.invariants import PolicyProxy, RobotProxy
 from controller.loop_thread import LoopThread
 from controller.safety import HoldReason
 from drivers.base import JointCommand, RobotState
@@ -188,60 +189,31 @@ class Tap:
             self.holds.append((time.monotonic(), str(detail)))
 
 
-class TapPolicy:
+class TapPolicy(PolicyProxy):
     """Records which simulator sample each action was computed from (by its serial tag)."""
 
     def __init__(self, inner: FakePolicy, tap: Tap) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self._tap = tap
-
-    def load(self, device: str, robot: Any, control_period: float) -> None:
-        self.inner.load(device, robot, control_period)
-
-    def encode_vl(self, frames: Any, instruction: str) -> Any:
-        return self.inner.encode_vl(frames, instruction)
 
     def act(self, features: Any, state: RobotState, sensors: Mapping[str, Any]) -> Any:
         # time.monotonic() is the simulator loop's clock too (standard asyncio loops)
         self._tap.last_act = ActTaken(time.monotonic(), SimRecorder.serial_of(state.tcp_force))
-        return self.inner.act(features, state, sensors)
+        return super().act(features, state, sensors)
 
 
-class TapRobot:
+class TapRobot(RobotProxy):
     """The UR5 driver, with each command's target and originating action written down."""
 
     def __init__(self, inner: UR5Robot, tap: Tap) -> None:
-        self.inner = inner
-        self.kind = inner.kind
-        self.name = inner.name
-        self.info = inner.info
+        super().__init__(inner)
         self._tap = tap
-
-    async def __aenter__(self) -> TapRobot:
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.inner.__aexit__(*exc)
-
-    def states(self) -> Any:
-        return self.inner.states()
 
     async def command(self, cmd: JointCommand) -> None:
         key = tuple(float(x) for x in np.asarray(cmd.positions, dtype=float))
         self._tap.attempts[key] = self._tap.last_act
-        await self.inner.command(cmd)
+        await super().command(cmd)
         self._tap.accepted.append((time.monotonic(), key))
-
-    async def hold(self) -> None:
-        await self.inner.hold()
-
-    async def stop(self) -> None:
-        await self.inner.stop()
-
-    async def resume(self) -> None:
-        await self.inner.resume()
 
 
 # -------------------------------------------------------------- rows

@@ -241,21 +241,73 @@ class _Truth:
         return entry[1] if entry is not None and entry[0] is features else math.nan
 
 
-class RecordingPolicy:
-    """A policy proxy that records each encode and action for the checker."""
+class PolicyProxy:
+    """A policy that hands every call to `inner`; a subclass overrides what it watches.
 
-    def __init__(self, inner: Any, checker: InvariantChecker, truth: _Truth, clock: Any) -> None:
+    The invariant checker's proxies and the fault matrices' taps are all this
+    plus one or two recordings, so the delegation lives here once.
+    """
+
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.name = getattr(inner, "name", "policy")
-        self._checker = checker
-        self._truth = truth
-        self._clock = clock
 
     def load(self, device: str, robot: Any, control_period: float) -> None:
         return self.inner.load(device, robot, control_period)
 
     def encode_vl(self, frames: Sequence[Frame], instruction: str) -> Any:
-        features = self.inner.encode_vl(frames, instruction)
+        return self.inner.encode_vl(frames, instruction)
+
+    def act(self, features: Any, state: RobotState, sensors: Mapping[str, SensorReading]) -> Any:
+        return self.inner.act(features, state, sensors)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class RobotProxy:
+    """A robot driver that hands every call to `inner`; a subclass overrides what it watches."""
+
+    def __init__(self, inner: RobotDriver) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.name = inner.name
+        self.info = inner.info
+
+    async def __aenter__(self) -> Self:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.inner.__aexit__(*exc)
+
+    def states(self) -> Any:
+        return self.inner.states()
+
+    async def command(self, cmd: JointCommand) -> None:
+        await self.inner.command(cmd)
+
+    async def hold(self) -> None:
+        await self.inner.hold()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class RecordingPolicy(PolicyProxy):
+    """A policy proxy that records each encode and action for the checker."""
+
+    def __init__(self, inner: Any, checker: InvariantChecker, truth: _Truth, clock: Any) -> None:
+        super().__init__(inner)
+        self._checker = checker
+        self._truth = truth
+        self._clock = clock
+
+    def encode_vl(self, frames: Sequence[Frame], instruction: str) -> Any:
+        features = super().encode_vl(frames, instruction)
         times = [self._truth.frame_time(f) for f in frames]
         self._truth.remember_features(features, min(times) if times else math.nan)
         self._checker.encoded()
@@ -271,46 +323,27 @@ class RecordingPolicy:
                 sensors_true=min((r.capture_time for r in sensors.values()), default=math.inf),
             )
         )
-        return self.inner.act(features, state, sensors)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        return super().act(features, state, sensors)
 
 
-class RecordingRobot:
+class RecordingRobot(RobotProxy):
     """A robot proxy that tells the checker about accepted commands and stops."""
 
     def __init__(self, inner: RobotDriver, checker: InvariantChecker) -> None:
-        self.inner = inner
-        self.kind = inner.kind
-        self.name = inner.name
-        self.info = inner.info
+        super().__init__(inner)
         self._checker = checker
 
     async def __aenter__(self) -> Self:
         self._checker.robot_touched = True
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.inner.__aexit__(*exc)
-
-    def states(self) -> Any:
-        return self.inner.states()
+        return await super().__aenter__()
 
     async def command(self, cmd: JointCommand) -> None:
-        await self.inner.command(cmd)
+        await super().command(cmd)
         self._checker.commanded(_now(), cmd)
-
-    async def hold(self) -> None:
-        await self.inner.hold()
 
     async def stop(self) -> None:
         self._checker.stopped(_now())
-        await self.inner.stop()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        await super().stop()
 
 
 def instrument(
