@@ -14,11 +14,12 @@ import asyncio
 import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import ClassVar, Literal, Self
+from typing import ClassVar, Self
 
 import numpy as np
 
 from drivers.base import ConfiguredDriver, Frame, now
+from drivers.fake.clock_faults import ClockFault, reported_time
 from drivers.fake.config import FakeCameraConfig
 
 
@@ -37,8 +38,6 @@ def render(width: int, height: int, t: float, seq: int) -> np.ndarray:
     img[0:4, 0:4] = seq % 256
     return img
 
-
-ClockFault = Literal["nan", "frozen", "ahead"]
 
 #: Frames remembered for `true_capture_time` (about 2 min at 30 fps).
 _TRUTH_KEPT = 4096
@@ -77,16 +76,6 @@ class FakeCamera(ConfiguredDriver):
         """When frame `seq` was really captured (None: not a recent frame of this camera)."""
         return self._truth.get(seq)
 
-    def _reported_time(self, capture: float) -> float:
-        match self._clock_fault:
-            case "nan":
-                return math.nan
-            case "frozen":
-                return self._frozen_at
-            case "ahead":
-                return capture + 1.0
-        return capture
-
     async def frames(self) -> AsyncIterator[Frame]:
         cfg = self.config
         period = 1.0 / cfg.fps
@@ -102,7 +91,7 @@ class FakeCamera(ConfiguredDriver):
             self._truth[seq] = capture
             while len(self._truth) > _TRUTH_KEPT:
                 self._truth.popitem(last=False)
-            reported = self._reported_time(capture)
+            reported = reported_time(capture, self._clock_fault, self._frozen_at)
             if cfg.latency:
                 await asyncio.sleep(cfg.latency)
             self.frames_sent += 1

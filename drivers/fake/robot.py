@@ -21,18 +21,17 @@ import logging
 import math
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
-from typing import ClassVar, Literal, Self
+from typing import ClassVar, Self
 
 import numpy as np
 
 from drivers.arms import UR5_JOINTS, UR5_LIMITS
 from drivers.base import ConfiguredDriver, JointCommand, RobotInfo, RobotState, now
 from drivers.errors import ConnectionLost, NotReady
+from drivers.fake.clock_faults import ClockFault, reported_time
 from drivers.fake.config import FakeRobotConfig
 
 log = logging.getLogger(__name__)
-
-ClockFault = Literal["nan", "frozen", "ahead"]
 
 #: States remembered for `true_capture_time` (about 30 s at 125 Hz).
 _TRUTH_KEPT = 4096
@@ -174,16 +173,6 @@ class FakeRobot(ConfiguredDriver):
         self._advance(now())
         self._target = self._q.copy()
 
-    def _reported_time(self, capture: float) -> float:
-        match self._clock_fault:
-            case "nan":
-                return math.nan
-            case "frozen":
-                return self._frozen_at
-            case "ahead":
-                return capture + 1.0
-        return capture
-
     def _remember(self, state: RobotState, capture: float) -> None:
         self._truth[id(state)] = (state, capture)
         while len(self._truth) > _TRUTH_KEPT:
@@ -215,7 +204,7 @@ class FakeRobot(ConfiguredDriver):
             state = RobotState(
                 positions=positions,
                 velocities=self._qd.copy(),
-                capture_time=self._reported_time(capture),
+                capture_time=reported_time(capture, self._clock_fault, self._frozen_at),
                 ready=not (self.protective_stop or self.operator_stopped),
                 mode=mode,
                 time_source="synthetic",
