@@ -1,8 +1,10 @@
 """Bad input at the CLI boundary: one line and exit 2; a failing run: one line, exit 1,
-the summary and the stats file still produced; signals honoured in every phase."""
+the summary and the stats file still produced; signals honoured in every phase; SIGUSR1
+asks for a resume; a thread that never returns cannot keep the process alive."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -10,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -350,17 +353,28 @@ def test_config_values_that_would_switch_an_interlock_off_are_named(capsys, tmp_
 
 
 # -- finding 6: SIGINT, SIGTERM and SIGHUP in every phase ------------------------------
+# These run `python -m controller` in a subprocess: signals and the process's exit are
+# what is tested.
+
+ACTIVE = "phase warming_up -> active"
 
 
-def _start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], Path]:
+def _argv(stats: Path, *extra: str, main: Sequence[str] = ("-m", "controller")) -> list[str]:
+    """A command line that runs the controller on the fakes and writes its stats to `stats`."""
+    return [sys.executable, *main, *FAST, "--stats-json", str(stats), *extra]
+
+
+@contextlib.contextmanager
+def _running(tmp_path: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """The controller in a subprocess, and where its stats go; killed whatever the test does."""
     stats = tmp_path / "s.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller", *FAST, "--stats-json", str(stats), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        _argv(stats, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    return proc, stats
+    try:
+        yield proc, stats
+    finally:
+        proc.kill()
 
 
 def _wait_for(proc: subprocess.Popen[str], needle: str, timeout: float = 90.0) -> str:
@@ -379,14 +393,17 @@ def _wait_for(proc: subprocess.Popen[str], needle: str, timeout: float = 90.0) -
     raise AssertionError(f"never saw {needle!r}:\n{seen[-3000:]}")
 
 
+def _signal_on(proc: subprocess.Popen[str], needle: str, sig: signal.Signals) -> str:
+    """Send `sig` once stderr shows `needle`; the stderr read so far."""
+    seen = _wait_for(proc, needle)
+    proc.send_signal(sig)
+    return seen
+
+
 def test_sighup_mid_run_stops_the_robot_and_still_reports(tmp_path):
-    proc, stats = _start(tmp_path)
-    try:
-        seen = _wait_for(proc, "phase warming_up -> active")
-        proc.send_signal(signal.SIGHUP)
+    with _running(tmp_path) as (proc, stats):
+        seen = _signal_on(proc, ACTIVE, signal.SIGHUP)
         out, rest = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
     assert proc.returncode == 128 + signal.SIGHUP, seen + rest
     assert "stop requested: signal SIGHUP" in rest
     assert "controller summary" in out
@@ -397,16 +414,13 @@ def test_sighup_mid_run_stops_the_robot_and_still_reports(tmp_path):
 
 
 def test_sigterm_while_connecting_stops_at_once(tmp_path):
-    proc, stats = _start(tmp_path, "--robot-option", "connect_delay=30")
-    try:
+    with _running(tmp_path, "--robot-option", "connect_delay=30") as (proc, stats):
         seen = _wait_for(proc, "compute executor on")  # the robot connects next
         time.sleep(0.5)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, rest = proc.communicate(timeout=30)
         took = time.monotonic() - sent
-    finally:
-        proc.kill()
     assert proc.returncode == 0, seen + rest
     assert took < 15, f"{took:.1f} s after SIGTERM (the connect takes 30 s)"
     assert "stop requested: signal SIGTERM" in rest
@@ -417,15 +431,10 @@ def test_sigterm_while_connecting_stops_at_once(tmp_path):
 
 
 def test_second_signal_cancels_a_hanging_stop_and_exits_128_plus_n(tmp_path):
-    proc, stats = _start(tmp_path, "--robot-option", "stop_hangs=true")
-    try:
-        seen = _wait_for(proc, "phase warming_up -> active")
-        proc.send_signal(signal.SIGINT)
-        seen += _wait_for(proc, "stop requested: signal SIGINT")
-        proc.send_signal(signal.SIGINT)
+    with _running(tmp_path, "--robot-option", "stop_hangs=true") as (proc, stats):
+        seen = _signal_on(proc, ACTIVE, signal.SIGINT)
+        seen += _signal_on(proc, "stop requested: signal SIGINT", signal.SIGINT)
         out, rest = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
     assert proc.returncode == 128 + signal.SIGINT, seen + rest
     assert "second signal SIGINT: cancelling" in rest
     assert "controller summary" in out
@@ -452,7 +461,7 @@ sys.exit(cli.main(sys.argv[1:]))
 def test_sighup_before_the_loop_starts_is_recorded_and_nothing_connects(tmp_path):
     stats = tmp_path / "s.json"
     proc = subprocess.run(
-        [sys.executable, "-c", SIGHUP_DURING_BUILD, *FAST, "--stats-json", str(stats)],
+        _argv(stats, main=("-c", SIGHUP_DURING_BUILD)),
         capture_output=True,
         text=True,
         timeout=60,
@@ -476,3 +485,38 @@ def test_handlers_are_restored_after_an_in_process_run(capsys):
     run_cli(capsys, *FAST, "--duration", "0.3")
     run_cli(capsys, "--hz", "fast")  # argparse exits through SystemExit
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+# -- the operator's last two paths: a resume signal, an exit a stuck thread cannot block
+
+
+def test_sigusr1_asks_the_robot_to_resume_and_never_kills_the_run(tmp_path: Path) -> None:
+    with _running(tmp_path, "--duration", "6") as (proc, stats):
+        seen = _signal_on(proc, ACTIVE, signal.SIGUSR1)
+        seen += _wait_for(proc, "robot resumed")
+        _, rest = proc.communicate(timeout=60)
+    assert "operator resume requested" in seen
+    assert proc.returncode == 0, seen + rest
+    assert json.loads(stats.read_text())["exit_code"] == 0
+
+
+def test_a_model_thread_that_never_returns_cannot_keep_the_process_alive(tmp_path: Path) -> None:
+    """The VL job sleeps for a day: warm-up fails, the arm is stopped, and the process still exits."""
+    config = tmp_path / "c.toml"
+    config.write_text("warmup_timeout = 1.0\nstop_timeout = 0.2\n")
+    stats = tmp_path / "s.json"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        _argv(stats, "--config", str(config), "--policy-option", "vl_latency=86400"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    took = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stderr
+    assert "run failed: WarmupError" in proc.stderr
+    assert "forcing the exit" in proc.stderr
+    assert "compute-vl" in proc.stderr  # names the thread that would not finish
+    summary = json.loads(stats.read_text())  # written before the forced exit
+    assert summary["robot_stop_calls"] == 1
+    assert took < 60  # generous: warm-up 1 s + bounded shutdown + 5.8 s grace
