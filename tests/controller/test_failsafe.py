@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from controller.errors import ConfigError
+from controller.faults import WedgeableRobot
 from controller.runtime import ControllerConfig, Phase
 from controller.safety import HoldReason, SafetyConfig, SafetyFilter
 from controller.slot import Stamped
@@ -31,15 +32,27 @@ def _commands_between(robot: FakeRobot, t0: float, t1: float) -> int:
     return sum(1 for t, _ in robot.commands if t0 <= t < t1)
 
 
-async def _run_with_fault(h, robot_or_cam, start_fault, stop_fault, *, at=2.0, lasting=3.0):
-    """Run 10 s; inject a fault at `at` for `lasting` s; returns (summary, t_on, t_off)."""
-    h.start(10)
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def _active_for(h, at: float = 1.0, duration: float | None = 10) -> float:
+    """Start a run of `duration` s (None: until stopped); return `at` s after it went active."""
+    h.start(duration)
     await h.until_active()
     await asyncio.sleep(at)
-    t_on = asyncio.get_running_loop().time()
+    return _now()
+
+
+async def _run_with_fault(h, start_fault, stop_fault, *, at=2.0, lasting=3.0, duration=10):
+    """Run `duration` s; inject a fault `at` s after going active, clear it `lasting` s later.
+
+    Returns (summary, t_on, t_off).
+    """
+    t_on = await _active_for(h, at, duration)
     start_fault()
     await asyncio.sleep(lasting)
-    t_off = asyncio.get_running_loop().time()
+    t_off = _now()
     stop_fault()
     summary = await h.task
     return summary, t_on, t_off
@@ -53,7 +66,7 @@ async def test_nan_joint_positions_hold_instead_of_commanding(controller_harness
     robot = FakeRobot(FakeRobotConfig())
     h = controller_harness(robot=robot)
     s, t_on, t_off = await _run_with_fault(
-        h, robot, lambda: robot.nan_positions(True), lambda: robot.nan_positions(False)
+        h, lambda: robot.nan_positions(True), lambda: robot.nan_positions(False)
     )
     # Before the fix the velocity clamp compared against NaN and let jumps through.
     assert _commands_between(robot, t_on + 0.1, t_off) == 0
@@ -74,7 +87,7 @@ async def test_a_broken_robot_clock_reads_as_stale_never_as_fresh(
     robot = FakeRobot(FakeRobotConfig())
     h = controller_harness(robot=robot)
     s, t_on, t_off = await _run_with_fault(
-        h, robot, lambda: robot.clock_fault(fault), lambda: robot.clock_fault(None)
+        h, lambda: robot.clock_fault(fault), lambda: robot.clock_fault(None)
     )
     # A frozen clock goes stale after max_state_age; the others at once.
     assert _commands_between(robot, t_on + 0.2, t_off) == 0
@@ -87,15 +100,13 @@ async def test_one_nan_timestamp_does_not_switch_the_age_interlock_off(controlle
     """A NaN age compared with `>` is False: before the fix, stale state then passed for good."""
     robot = FakeRobot(FakeRobotConfig())
     h = controller_harness(robot=robot)
-    h.start(10)
-    await h.until_active()
-    await asyncio.sleep(1.0)
+    await _active_for(h)
     robot.clock_fault("nan")
     await asyncio.sleep(0.02)
     robot.clock_fault(None)
     await asyncio.sleep(1.0)
     robot.set_latency(0.3)  # honestly stamped, but 300 ms old on arrival
-    t_late = asyncio.get_running_loop().time()
+    t_late = _now()
     await asyncio.sleep(3.0)
     robot.set_latency(0.0)
     s = await h.task
@@ -110,7 +121,7 @@ async def test_a_broken_camera_clock_makes_features_unusable(controller_harness,
     robot = FakeRobot(FakeRobotConfig())
     h = controller_harness(robot=robot, cameras=[cam], safety=SafetyConfig(max_feature_age=0.8))
     s, t_on, t_off = await _run_with_fault(
-        h, cam, lambda: cam.clock_fault(fault), lambda: cam.clock_fault(None)
+        h, lambda: cam.clock_fault(fault), lambda: cam.clock_fault(None)
     )
     assert _commands_between(robot, t_on + 1.0, t_off) == 0
     expected = "features_stale" if fault == "frozen" else "features_clock_invalid"
@@ -131,7 +142,7 @@ async def test_stale_or_invalid_sensor_readings_hold(controller_harness, fault):
         else:
             sensor.nan_values(True)
 
-    s, t_on, t_off = await _run_with_fault(h, sensor, start, lambda: sensor.nan_values(False))
+    s, t_on, t_off = await _run_with_fault(h, start, lambda: sensor.nan_values(False))
     expected = "sensor_stale" if fault == "stall" else "sensor_invalid"
     assert _commands_between(robot, t_on + 0.6, t_off) == 0
     assert s["holds"].get(expected, 0) >= 20
@@ -141,15 +152,10 @@ async def test_stale_or_invalid_sensor_readings_hold(controller_harness, fault):
 async def test_operator_stop_holds_until_the_operator_resumes(controller_harness):
     robot = FakeRobot(FakeRobotConfig())
     h = controller_harness(robot=robot)
-    h.start(12)
-    await h.until_active()
-    await asyncio.sleep(1.0)
-    robot.operator_stop()
-    t_stop = asyncio.get_running_loop().time()
-    await asyncio.sleep(5.0)
+    s, t_stop, _ = await _run_with_fault(
+        h, robot.operator_stop, robot.operator_resume, at=1.0, lasting=5.0, duration=12
+    )
     assert _commands_between(robot, t_stop, t_stop + 5.0) == 0
-    robot.operator_resume()
-    s = await h.task
     assert s["holds"].get("robot_not_ready", 0) >= 45
     assert _commands_between(robot, t_stop + 5.2, t_stop + 10) > 30
 
@@ -282,9 +288,7 @@ async def test_a_second_cancel_while_stopping_still_lets_the_stop_finish(control
 
     robot = SlowStopRobot(FakeRobotConfig())
     h = controller_harness(robot=robot, stop_timeout=1.0)
-    h.start(None)
-    await h.until_active()
-    await asyncio.sleep(1.0)
+    await _active_for(h, duration=None)
     h.controller.request_stop("first Ctrl-C")
     await asyncio.sleep(0.1)  # now inside robot.stop()
     h.task.cancel()  # second Ctrl-C
@@ -295,19 +299,9 @@ async def test_a_second_cancel_while_stopping_still_lets_the_stop_finish(control
 
 @virtual
 async def test_a_command_that_never_returns_is_a_lost_link_not_a_hung_loop(controller_harness):
-    class WedgedRobot(FakeRobot):
-        wedged = False
-
-        async def command(self, cmd) -> None:
-            if self.wedged:
-                await asyncio.Event().wait()
-            await super().command(cmd)
-
-    robot = WedgedRobot(FakeRobotConfig())
+    robot = WedgeableRobot(FakeRobotConfig())
     h = controller_harness(robot=robot)
-    h.start(6)
-    await h.until_active()
-    await asyncio.sleep(1.0)
+    await _active_for(h, duration=6)
     robot.wedged = True
     s = await h.task  # ends on time: the control task was never stuck
     assert s["errors"].get("command_timeout", 0) >= 40
@@ -319,15 +313,10 @@ async def test_a_command_that_never_returns_is_a_lost_link_not_a_hung_loop(contr
 async def test_only_an_explicit_resume_restarts_after_an_operator_stop(controller_harness):
     robot = FakeRobot(FakeRobotConfig())
     h = controller_harness(robot=robot)
-    h.start(12)
-    await h.until_active()
-    await asyncio.sleep(1.0)
-    robot.operator_stop()
-    t_stop = asyncio.get_running_loop().time()
-    await asyncio.sleep(4.0)
-    h.controller.request_resume()  # what SIGUSR1 does in the CLI
-    t_resume = asyncio.get_running_loop().time()
-    await h.task
+    # what SIGUSR1 does in the CLI: Controller.request_resume()
+    _, t_stop, t_resume = await _run_with_fault(
+        h, robot.operator_stop, h.controller.request_resume, at=1.0, lasting=4.0, duration=12
+    )
     assert robot.resumes == 1
     assert _commands_between(robot, t_stop, t_resume) == 0
     assert _commands_between(robot, t_resume, t_resume + 1.0) > 5
@@ -337,11 +326,8 @@ async def test_only_an_explicit_resume_restarts_after_an_operator_stop(controlle
 async def test_resume_is_refused_during_a_protective_stop(controller_harness, caplog):
     robot = FakeRobot(FakeRobotConfig())
     h = controller_harness(robot=robot)
-    h.start(6)
-    await h.until_active()
-    await asyncio.sleep(1.0)
+    t_stop = await _active_for(h, duration=6)
     robot.trigger_protective_stop()
-    t_stop = asyncio.get_running_loop().time()
     assert await h.controller.resume_robot() is False
     await h.task
     assert robot.resumes == 0
