@@ -59,6 +59,13 @@ class HoldReason(enum.StrEnum):
     ROBOT_DISCONNECTED = "robot_disconnected"
 
 
+#: The holds of one kind of input: (its capture time cannot be believed, it is too old).
+_AgeReasons = tuple[HoldReason, HoldReason]
+_STATE_AGE: _AgeReasons = (HoldReason.STATE_CLOCK_INVALID, HoldReason.STATE_STALE)
+_FEATURES_AGE: _AgeReasons = (HoldReason.FEATURES_CLOCK_INVALID, HoldReason.FEATURES_STALE)
+_SENSOR_AGE: _AgeReasons = (HoldReason.SENSOR_CLOCK_INVALID, HoldReason.SENSOR_STALE)
+
+
 def _in_range(value: Any, low: float, high: float, *, low_open: bool = True) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
@@ -140,8 +147,11 @@ class SafetyFilter:
 
     # -- inputs --------------------------------------------------------------
     def _age_reason(
-        self, now: float, source_time: float, limit: float, clock: HoldReason, stale: HoldReason
+        self, now: float, source_time: float, limit: float, reasons: _AgeReasons
     ) -> HoldReason | None:
+        """Hold for the clock when the capture time is not finite or in the future, for age when
+        it is older than `limit`; compared so that a NaN age is stale, never fresh."""
+        clock, stale = reasons
         if not math.isfinite(source_time):
             return clock
         age = now - source_time
@@ -181,13 +191,7 @@ class SafetyFilter:
         cfg = self.config
         if state is None:
             return HoldReason.NO_STATE
-        reason = self._age_reason(
-            now,
-            state.source_time,
-            cfg.max_state_age,
-            HoldReason.STATE_CLOCK_INVALID,
-            HoldReason.STATE_STALE,
-        )
+        reason = self._age_reason(now, state.source_time, cfg.max_state_age, _STATE_AGE)
         if reason is not None:
             return reason
         if self.state_problem(state.value) is not None:
@@ -196,25 +200,13 @@ class SafetyFilter:
             return HoldReason.ROBOT_NOT_READY
         if features is None:
             return HoldReason.NO_FEATURES
-        reason = self._age_reason(
-            now,
-            features.source_time,
-            cfg.max_feature_age,
-            HoldReason.FEATURES_CLOCK_INVALID,
-            HoldReason.FEATURES_STALE,
-        )
+        reason = self._age_reason(now, features.source_time, cfg.max_feature_age, _FEATURES_AGE)
         if reason is not None:
             return reason
         for reading in (sensors or {}).values():
             if reading is None:
                 return HoldReason.SENSOR_MISSING
-            reason = self._age_reason(
-                now,
-                reading.source_time,
-                cfg.max_sensor_age,
-                HoldReason.SENSOR_CLOCK_INVALID,
-                HoldReason.SENSOR_STALE,
-            )
+            reason = self._age_reason(now, reading.source_time, cfg.max_sensor_age, _SENSOR_AGE)
             if reason is not None:
                 return reason
             try:
