@@ -32,13 +32,16 @@ import itertools
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 from aiohttp import web
 
 from drivers.webrtc import ice
 from drivers.webrtc.paint import PaintedTrack
+
+if TYPE_CHECKING:
+    from aiortc import RTCPeerConnection
 
 #: What `WhepTestServer.script` / `broken` entries make a POST answer.
 MISBEHAVIOURS = (
@@ -147,9 +150,24 @@ class WhepTestServer:
         width, height = self.size
         return PausableTrack(lambda: self.paused, self.fps, width, height)
 
-    async def _post(self, request: web.Request) -> web.StreamResponse:
+    async def _answer(self, request: web.Request) -> RTCPeerConnection:
+        """A peer connection that answers the request's offer with our track (closed, and the
+        error raised, when the offer cannot be answered). aiortc is imported on first use."""
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
+        pc = RTCPeerConnection(ice.rtc_configuration())
+        try:
+            await pc.setRemoteDescription(
+                RTCSessionDescription(sdp=await request.text(), type="offer")
+            )
+            pc.addTrack(self._track())
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BaseException:
+            await pc.close()
+            raise
+        return pc
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["path"] == "moved":
             target = self.redirect_to or f"/{self.path}/whep"
             return web.Response(status=307, headers={"Location": target})
@@ -166,15 +184,9 @@ class WhepTestServer:
         self.served.append(how or "answer")
         if how is not None:
             return await self._misbehave(request, how)
-        pc = RTCPeerConnection(ice.rtc_configuration())
         try:
-            await pc.setRemoteDescription(
-                RTCSessionDescription(sdp=await request.text(), type="offer")
-            )
-            pc.addTrack(self._track())
-            await pc.setLocalDescription(await pc.createAnswer())
+            pc = await self._answer(request)
         except Exception as exc:
-            await pc.close()
             return web.Response(status=400, text=f"invalid SDP: {exc}")
         sid = str(uuid.uuid4())
         self.sessions[sid] = pc
@@ -190,8 +202,6 @@ class WhepTestServer:
         )
 
     async def _misbehave(self, request: web.Request, how: str) -> web.StreamResponse:
-        from aiortc import RTCPeerConnection, RTCSessionDescription
-
         if how == "non_utf8_error":
             return web.Response(status=500, body=b"\xff\xfe broken \x80\xc3(")
         if how == "not_found":
@@ -204,13 +214,8 @@ class WhepTestServer:
                 headers={"Location": f"/{self.path}/whep/x"},
             )
         if how == "garbage_answer":
-            pc = RTCPeerConnection(ice.rtc_configuration())
+            pc = await self._answer(request)
             try:
-                await pc.setRemoteDescription(
-                    RTCSessionDescription(sdp=await request.text(), type="offer")
-                )
-                pc.addTrack(self._track())
-                await pc.setLocalDescription(await pc.createAnswer())
                 lines = pc.localDescription.sdp.split("\r\n")
             finally:
                 await pc.close()
