@@ -127,7 +127,9 @@ def load_image(path: Path) -> np.ndarray:
 def _sample(raw: object, base: Path) -> CacheSample:
     """One parsed JSONL line -> a sample; ValueError says which field is wrong."""
     if not isinstance(raw, dict):
-        raise ValueError(f"expected a JSON object with id, images, instruction, got {type(raw).__name__}")
+        raise ValueError(
+            f"expected a JSON object with id, images, instruction, got {type(raw).__name__}"
+        )
     missing = [k for k in ("id", "images", "instruction") if k not in raw]
     if missing:
         raise ValueError(f"missing key(s) {', '.join(missing)}")
@@ -365,7 +367,9 @@ class VLCache:
         if not isinstance(manifest, dict):
             raise VLCacheError(f"VL cache {root}: {MANIFEST} is not a JSON object")
         if manifest.get("format") != CACHE_FORMAT:
-            raise VLCacheError(f"VL cache {root}: format {manifest.get('format')!r}, expected {CACHE_FORMAT}")
+            raise VLCacheError(
+                f"VL cache {root}: format {manifest.get('format')!r}, expected {CACHE_FORMAT}"
+            )
         if expected is not None:
             built = manifest.get("encoder", {})
             diffs = [
@@ -379,7 +383,12 @@ class VLCache:
                     f" ({'; '.join(diffs)}); rebuild it with `python -m policies.vl_cache build`"
                 )
             if manifest.get("versions") != _versions():
-                LOG.warning("VL cache %s was built with %s, running %s", root, manifest.get("versions"), _versions())
+                LOG.warning(
+                    "VL cache %s was built with %s, running %s",
+                    root,
+                    manifest.get("versions"),
+                    _versions(),
+                )
         try:
             features = load_file(str(root / FEATURES))
         except (FileNotFoundError, SafetensorError, OSError) as exc:
@@ -408,7 +417,9 @@ class VLCache:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="policy checkpoint: its VL model and image bounds")
     p.add_argument("--vl-model", help="VL model directory or (already downloaded) hub id")
-    p.add_argument("--cache-dir", help="where the tiny default lives (default $VLA_CONTROLLER_CACHE)")
+    p.add_argument(
+        "--cache-dir", help="where the tiny default lives (default $VLA_CONTROLLER_CACHE)"
+    )
     p.add_argument("--min-pixels", type=int)
     p.add_argument("--max-pixels", type=int)
     p.add_argument("--device", default="cpu")
@@ -446,7 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 on success; 2 with one line for bad input (dataset, images, output
     directory, model, cache), all checked before the model loads where possible;
     1 when writing the cache failed."""
-    parser = OneLineArgumentParser(prog="python -m policies.vl_cache", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(
+        prog="python -m policies.vl_cache", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="encode a dataset of samples into a cache directory")
     b.add_argument("--dataset", required=True, type=Path, help="samples JSONL file")
@@ -456,7 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--cache", required=True, type=Path)
     _model_args(c)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         if args.cmd == "build":
             # Everything the user gave is checked before the model loads
@@ -466,7 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_images = check_images(samples)
             LOG.info(
                 "dataset %s: %d samples, %d images checked (sha256 %s)",
-                args.dataset, len(samples), n_images, _dataset_digest(args.dataset),
+                args.dataset,
+                len(samples),
+                n_images,
+                _dataset_digest(args.dataset),
             )
             encoder = encoder_from_args(args)
             out = build_cache(encoder, samples, args.out)
