@@ -70,6 +70,19 @@ class CacheSample:
     instruction: str
 
 
+def _check_regular_file(path: Path, what: str) -> None:
+    """Refuse, naming `what` and `path`, a file that is missing, unreadable or not a regular
+    file (a FIFO would block the open, /dev/zero would never end the read)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise VLCacheError(f"{what} {path}: no such file") from None
+    except OSError as exc:
+        raise VLCacheError(f"{what} {path}: cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise VLCacheError(f"{what} {path}: not a regular file")
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     """Open `path` as an image reading only its header and check it; -> (width, height).
 
@@ -80,14 +93,7 @@ def _image_size(path: Path) -> tuple[int, int]:
     """
     from PIL import Image, UnidentifiedImageError
 
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise VLCacheError(f"image {path}: no such file") from None
-    except OSError as exc:
-        raise VLCacheError(f"image {path}: cannot be read: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise VLCacheError(f"image {path}: not a regular file")
+    _check_regular_file(path, "image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -153,14 +159,7 @@ def read_dataset(path: str | Path) -> list[CacheSample]:
     is reported with a count of the others, so one run shows what to fix.
     """
     path = Path(path)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise VLCacheError(f"dataset {path}: no such file") from None
-    except OSError as exc:
-        raise VLCacheError(f"dataset {path}: cannot be read: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise VLCacheError(f"dataset {path}: not a regular file")
+    _check_regular_file(path, "dataset")
     samples: list[CacheSample] = []
     seen: set[str] = set()
     problems: list[str] = []
