@@ -426,7 +426,6 @@ class Controller:
                 await asyncio.wait({warm, stop}, return_when=asyncio.FIRST_COMPLETED)
                 if warm.done() and not stop.done():
                     warm.result()
-                    self._freeze_heap()
                     self._set_phase(Phase.ACTIVE)
                     start = self._now()
                     self.telemetry.started = start
@@ -510,6 +509,14 @@ class Controller:
                     raise WarmupError(
                         f"the policy's first action is unusable ({verdict.reason}): {np.asarray(chunk)!r:.200}"
                     )
+                # Last, with everything loaded and the first encode done: the
+                # collection blocks the loop (~0.1 s with torch loaded), so
+                # ACTIVE starts on a state captured after it, not a stale one.
+                waiting = "a fresh robot state after the heap was frozen"
+                self._freeze_heap()
+                stamped = await self.state.wait_newer(self.state.version)
+                while self._state_unusable(stamped) is not None:
+                    stamped = await self.state.wait_newer(stamped.version)
         except TimeoutError:
             raise WarmupError(
                 f"warm-up timed out after {self.config.warmup_timeout} s waiting for {waiting}"

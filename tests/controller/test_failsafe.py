@@ -348,3 +348,20 @@ async def test_the_heap_loaded_before_active_is_frozen_out_of_full_collections(
     assert gc.get_freeze_count() > 0  # models and drivers loaded: no full GC walks them
     await h.task
     gc.unfreeze()
+
+
+@virtual
+async def test_the_first_active_tick_never_sees_a_state_from_before_the_gc_pause(
+    controller_harness, virtual_clock, monkeypatch
+):
+    """Freezing the heap blocks the loop (~0.1 s with torch loaded): ACTIVE must start after it."""
+    from controller.runtime import Controller
+
+    def blocking_freeze() -> None:
+        virtual_clock.advance(0.15)  # the loop was blocked this long, as by a full collection
+
+    monkeypatch.setattr(Controller, "_freeze_heap", staticmethod(blocking_freeze))
+    h = controller_harness()
+    s = await h.run(2)
+    assert s["holds"] == {}
+    assert s["actions_sent"] == s["ticks"] == 20
