@@ -51,8 +51,9 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def bench_vl(encoder: Any, n_images: int, size: tuple[int, int], iters: int, warmup: int,
-             instruction: str) -> dict[str, Any]:
+def bench_vl(
+    encoder: Any, n_images: int, size: tuple[int, int], iters: int, warmup: int, instruction: str
+) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n_images)]
     pre, fwd, total = [], [], []
@@ -115,11 +116,15 @@ def _size(text: str) -> tuple[int, int]:
     h, sep, w = text.lower().partition("x")
     if sep and h.isdigit() and w.isdigit() and 1 <= int(h) <= 8192 and 1 <= int(w) <= 8192:
         return int(h), int(w)
-    raise argparse.ArgumentTypeError(f"expected HxW with sides in [1, 8192], e.g. 480x640, got {text!r}")
+    raise argparse.ArgumentTypeError(
+        f"expected HxW with sides in [1, 8192], e.g. 480x640, got {text!r}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = OneLineArgumentParser(prog="python -m policies.bench", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(
+        prog="python -m policies.bench", description=__doc__.split("\n\n")[0]
+    )
     # Bounded integers and a checked HxW: a typo is one argparse line, exit 2,
     # not a traceback from numpy after the model has loaded.
     runs, some = _int_in(1, 1 << 20), _int_in(0, 1 << 20)
@@ -130,14 +135,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--vl-model")
         p.add_argument("--cache-dir")
         p.add_argument("--device", default="cpu")
-        p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-        p.add_argument("--threads", type=_int_in(1, 1024), help="torch intra-op threads (default: torch's)")
+        p.add_argument(
+            "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
+        )
+        p.add_argument(
+            "--threads", type=_int_in(1, 1024), help="torch intra-op threads (default: torch's)"
+        )
         p.add_argument("--iters", type=runs, default=50 if name == "vl" else 500)
         p.add_argument("--warmup", type=some, default=3 if name == "vl" else 20)
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     v = sub.choices["vl"]
     v.add_argument("--images", type=_int_in(1, 64), nargs="+", default=[1, 5])
-    v.add_argument("--size", type=_size, default=(480, 640), help="camera image HxW (default 480x640)")
+    v.add_argument(
+        "--size", type=_size, default=(480, 640), help="camera image HxW (default 480x640)"
+    )
     v.add_argument("--instruction", default="pick up the red cube and place it in the blue bowl")
     a = sub.choices["act"]
     a.add_argument("--head", choices=("regression", "flow"))
@@ -149,11 +160,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from policies.qwen_vla.policy import QwenVLAPolicy
 
-    options = {k: v for k, v in {
-        "checkpoint": args.checkpoint, "vl_model": args.vl_model,
-        "cache_dir": args.cache_dir, "dtype": args.dtype,
-        "head": getattr(args, "head", None),
-    }.items() if v is not None}
+    options = {
+        k: v
+        for k, v in {
+            "checkpoint": args.checkpoint,
+            "vl_model": args.vl_model,
+            "cache_dir": args.cache_dir,
+            "dtype": args.dtype,
+            "head": getattr(args, "head", None),
+        }.items()
+        if v is not None
+    }
     try:
         cuda = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None
     except (RuntimeError, AssertionError, ValueError) as exc:
@@ -172,16 +189,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             encoder = build_vl_encoder(QwenVLAPolicy.from_options(options).options, args.device)
             h, w = args.size
-            results = [bench_vl(encoder, n, (h, w), args.iters, args.warmup, args.instruction)
-                       for n in args.images]
-            report = {"env": env, "model": encoder.ref, "dtype": str(next(encoder.model.parameters()).dtype),
-                      "preprocessing": encoder.identity()["preprocessing"], "results": results}
+            results = [
+                bench_vl(encoder, n, (h, w), args.iters, args.warmup, args.instruction)
+                for n in args.images
+            ]
+            report = {
+                "env": env,
+                "model": encoder.ref,
+                "dtype": str(next(encoder.model.parameters()).dtype),
+                "preprocessing": encoder.identity()["preprocessing"],
+                "results": results,
+            }
         else:
             from drivers.base import JointLimits, RobotInfo
 
             dof = args.dof
-            robot = RobotInfo("bench", tuple(f"j{i}" for i in range(dof)),
-                              JointLimits(np.full(dof, -3.0), np.full(dof, 3.0), np.full(dof, 1.0)))
+            robot = RobotInfo(
+                "bench",
+                tuple(f"j{i}" for i in range(dof)),
+                JointLimits(np.full(dof, -3.0), np.full(dof, 3.0), np.full(dof, 1.0)),
+            )
             policy = QwenVLAPolicy.from_options(options)
             policy.load(args.device, robot, 0.1)
             report = {"env": env, "results": [bench_act(policy, args.iters, args.warmup)]}
@@ -191,12 +218,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"# {args.what} on {env['device']}{' (' + env['cuda'] + ')' if env['cuda'] else ''},"
-          f" torch {env['torch']}, {env['torch_threads']} threads")
+    print(
+        f"# {args.what} on {env['device']}{' (' + env['cuda'] + ')' if env['cuda'] else ''},"
+        f" torch {env['torch']}, {env['torch_threads']} threads"
+    )
     for r in report["results"]:
         if args.what == "vl":
-            print(f"{r['images']} image(s) {r['image_size_hw'][0]}x{r['image_size_hw'][1]},"
-                  f" {r['tokens']} tokens, {r['total']['n']} runs")
+            print(
+                f"{r['images']} image(s) {r['image_size_hw'][0]}x{r['image_size_hw'][1]},"
+                f" {r['tokens']} tokens, {r['total']['n']} runs"
+            )
             for part in ("preprocess", "forward", "total"):
                 print(f"  {part:<10} {_fmt(r[part])}")
         else:

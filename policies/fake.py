@@ -107,7 +107,9 @@ class FakePolicy:
         self.vl_latency = Latency.parse(vl_latency, "vl_latency")
         self.action_latency = Latency.parse(action_latency, "action_latency")
         if isinstance(horizon, bool) or not (isinstance(horizon, int) and horizon >= 1):
-            raise PolicyConfigError(f"fake policy: horizon must be an integer >= 1, got {horizon!r}")
+            raise PolicyConfigError(
+                f"fake policy: horizon must be an integer >= 1, got {horizon!r}"
+            )
         if isinstance(seed, bool) or not (isinstance(seed, int) and seed >= 0):
             raise PolicyConfigError(f"fake policy: seed must be an integer >= 0, got {seed!r}")
         self.horizon = horizon

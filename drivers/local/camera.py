@@ -71,8 +71,7 @@ class LocalCamera(ConfiguredDriver):
         if not self._container.streams.video:
             self._container.close()
             raise DriverConfigError(f"{self.kind} camera {self.config.source!r} has no video")
-        self._thread = threading.Thread(target=self._read, name=f"camera-{self.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._read, name=f"camera-{self.name}", daemon=True)
         self._thread.start()
         return self
 

@@ -82,8 +82,11 @@ class UR5Config:
     def program(self) -> ProgramParams:
         try:
             return ProgramParams(
-                reg=self.register_base, step=1.0 / max(self.frequency, 125.0),
-                lookahead=self.lookahead, gain=self.gain, max_jump=self.max_jump,
+                reg=self.register_base,
+                step=1.0 / max(self.frequency, 125.0),
+                lookahead=self.lookahead,
+                gain=self.gain,
+                max_jump=self.max_jump,
                 watchdog_hz=self.watchdog_hz,
             )
         except DriverConfigError as exc:

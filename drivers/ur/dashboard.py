@@ -45,8 +45,11 @@ class DashboardClient:
                 self.banner = await self._read_line(self._reader, "greeting")
         except (OSError, TimeoutError) as exc:
             await self.close()
-            what = f"no greeting within {self.timeout:g} s" if isinstance(exc, TimeoutError) \
+            what = (
+                f"no greeting within {self.timeout:g} s"
+                if isinstance(exc, TimeoutError)
                 else repr(exc)
+            )
             raise ConnectionLost(
                 f"UR dashboard {self.host}:{self.port}: cannot connect: {what}"
             ) from None
@@ -73,7 +76,9 @@ class DashboardClient:
                     reply = await self._read_line(self._reader, f"reply to {text!r}")
             except (OSError, TimeoutError) as exc:
                 await self.close()  # a late reply would answer the next command
-                raise ConnectionLost(f"UR dashboard {self.host}: {text!r} failed: {exc!r}") from None
+                raise ConnectionLost(
+                    f"UR dashboard {self.host}: {text!r} failed: {exc!r}"
+                ) from None
             except DriverError:
                 # the stream is out of step now (a partial or endless line): drop it
                 await self.close()

@@ -24,8 +24,14 @@ STATUS_HOLDING, STATUS_SERVOING, STATUS_REJECTED, STATUS_STOPPED, STATUS_SPEED =
 #: that a stopped program was stopped by us (our watchdog), so the driver may restart it.
 #: Output registers keep their value after a program ends, so it is still readable then.
 STATUS_WATCHDOG = 6
-STATUS_NAMES = {1: "HOLDING", 2: "SERVOING", 3: "REJECTED_JUMP", 4: "STOPPED", 5: "SPEED",
-                6: "WATCHDOG"}
+STATUS_NAMES = {
+    1: "HOLDING",
+    2: "SERVOING",
+    3: "REJECTED_JUMP",
+    4: "STOPPED",
+    5: "SPEED",
+    6: "WATCHDOG",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +85,14 @@ class ProgramParams:
         return f"output_int_register_{self.reg + 1}"
 
     def inputs(
-        self, seq: int, mode: int, target: list[float], duration: float,
-        qd: list[float] | None = None, *, heartbeat: int = 0,
+        self,
+        seq: int,
+        mode: int,
+        target: list[float],
+        duration: float,
+        qd: list[float] | None = None,
+        *,
+        heartbeat: int = 0,
     ) -> dict[str, object]:
         r = self.reg
         values: dict[str, object] = {
@@ -99,9 +111,14 @@ class ProgramParams:
 def render(params: ProgramParams) -> str:
     template = resources.files("drivers.ur").joinpath("control.script").read_text("utf-8")
     return Template(template).substitute(
-        reg=params.reg, step=repr(params.step), lookahead=repr(params.lookahead),
-        gain=repr(params.gain), max_jump=repr(params.max_jump),
-        watchdog_hz=repr(params.watchdog_hz), decel=repr(params.decel), accel=repr(params.accel),
+        reg=params.reg,
+        step=repr(params.step),
+        lookahead=repr(params.lookahead),
+        gain=repr(params.gain),
+        max_jump=repr(params.max_jump),
+        watchdog_hz=repr(params.watchdog_hz),
+        decel=repr(params.decel),
+        accel=repr(params.accel),
     )
 
 
@@ -118,4 +135,6 @@ async def upload(host: str, script: str, *, port: int = SCRIPT_PORT, limit_s: fl
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
     except (OSError, TimeoutError) as exc:
-        raise ConnectionLost(f"UR script port {host}:{port}: cannot send program: {exc!r}") from None
+        raise ConnectionLost(
+            f"UR script port {host}:{port}: cannot send program: {exc!r}"
+        ) from None

@@ -45,20 +45,55 @@ from drivers.ur.rtde_client import RtdeClient
 log = logging.getLogger(__name__)
 
 OUTPUTS = (
-    "timestamp", "actual_q", "actual_qd", "target_q", "actual_TCP_pose", "actual_TCP_force",
-    "robot_mode", "safety_mode", "runtime_state", "robot_status_bits", "safety_status_bits",
+    "timestamp",
+    "actual_q",
+    "actual_qd",
+    "target_q",
+    "actual_TCP_pose",
+    "actual_TCP_force",
+    "robot_mode",
+    "safety_mode",
+    "runtime_state",
+    "robot_status_bits",
+    "safety_status_bits",
     "speed_scaling",
 )
 
-ROBOT_MODES = {-1: "NO_CONTROLLER", 0: "DISCONNECTED", 1: "CONFIRM_SAFETY", 2: "BOOTING",
-               3: "POWER_OFF", 4: "POWER_ON", 5: "IDLE", 6: "BACKDRIVE", 7: "RUNNING",
-               8: "UPDATING_FIRMWARE"}
-SAFETY_MODES = {1: "NORMAL", 2: "REDUCED", 3: "PROTECTIVE_STOP", 4: "RECOVERY",
-                5: "SAFEGUARD_STOP", 6: "SYSTEM_EMERGENCY_STOP", 7: "ROBOT_EMERGENCY_STOP",
-                8: "VIOLATION", 9: "FAULT", 10: "VALIDATE_JOINT_ID", 11: "UNDEFINED",
-                12: "AUTOMATIC_MODE_SAFEGUARD_STOP", 13: "SYSTEM_THREE_POSITION_ENABLING_STOP"}
-RUNTIME_STATES = {0: "STOPPING", 1: "STOPPED", 2: "PLAYING", 3: "PAUSING", 4: "PAUSED",
-                  5: "RESUMING"}
+ROBOT_MODES = {
+    -1: "NO_CONTROLLER",
+    0: "DISCONNECTED",
+    1: "CONFIRM_SAFETY",
+    2: "BOOTING",
+    3: "POWER_OFF",
+    4: "POWER_ON",
+    5: "IDLE",
+    6: "BACKDRIVE",
+    7: "RUNNING",
+    8: "UPDATING_FIRMWARE",
+}
+SAFETY_MODES = {
+    1: "NORMAL",
+    2: "REDUCED",
+    3: "PROTECTIVE_STOP",
+    4: "RECOVERY",
+    5: "SAFEGUARD_STOP",
+    6: "SYSTEM_EMERGENCY_STOP",
+    7: "ROBOT_EMERGENCY_STOP",
+    8: "VIOLATION",
+    9: "FAULT",
+    10: "VALIDATE_JOINT_ID",
+    11: "UNDEFINED",
+    12: "AUTOMATIC_MODE_SAFEGUARD_STOP",
+    13: "SYSTEM_THREE_POSITION_ENABLING_STOP",
+}
+RUNTIME_STATES = {
+    0: "STOPPING",
+    1: "STOPPED",
+    2: "PLAYING",
+    3: "PAUSING",
+    4: "PAUSED",
+    5: "RESUMING",
+}
 # safety_status_bits 2..10: protective, recovery, safeguard, e-stops, violation, fault, stopped
 SAFETY_STOP_BITS = 0b111_1111_1100
 ROBOT_RUNNING, SAFETY_PROTECTIVE, RUNTIME_PLAYING = 7, 3, 2
@@ -102,7 +137,9 @@ def assess(values: dict[str, Any], status_register: str) -> tuple[bool, str]:
     status = int(values.get(status_register, 0))
     if status == program.STATUS_WATCHDOG:
         return False, "WATCHDOG: the program is stopping the arm (no heartbeat)"
-    return True, "RUNNING" if status in (0, 1, 2, 5) else program.STATUS_NAMES.get(status, "RUNNING")
+    return True, "RUNNING" if status in (0, 1, 2, 5) else program.STATUS_NAMES.get(
+        status, "RUNNING"
+    )
 
 
 def _vector(values: dict[str, Any], name: str) -> tuple[np.ndarray, str | None]:
@@ -136,8 +173,10 @@ def validate(values: dict[str, Any]) -> tuple[dict[str, np.ndarray], str | None]
         bad = np.flatnonzero((q < lo) | (q > hi))
         if bad.size:
             j = int(bad[0])
-            problem = (f"actual_q implausible: joint {j} at {q[j]:.3f} rad, beyond"
-                       f" [{lo[j]:.3f}, {hi[j]:.3f}]")
+            problem = (
+                f"actual_q implausible: joint {j} at {q[j]:.3f} rad, beyond"
+                f" [{lo[j]:.3f}, {hi[j]:.3f}]"
+            )
         fast = np.flatnonzero(np.abs(qd) > SPEED_PLAUSIBLE_FACTOR * UR5_LIMITS.max_velocity)
         if problem is None and fast.size:
             j = int(fast[0])
@@ -197,8 +236,9 @@ class ClockMap:
         if not (math.isfinite(device_time) and device_time >= 0.0 and math.isfinite(arrival)):
             return math.nan
         d = arrival - device_time
-        restarted = self._new_session and self.offset is not None and (
-            d - self.offset > self.RESTART_GAP)
+        restarted = (
+            self._new_session and self.offset is not None and (d - self.offset > self.RESTART_GAP)
+        )
         self._new_session = False
         if self.offset is None or device_time < self._last_device or restarted:
             self.offset = d
@@ -334,8 +374,9 @@ class UR5Robot(ConfiguredDriver):
         if q is None:
             raise NotReady(f"{self.name}: no valid joint positions yet, cannot hold")
         # The program holds where it is commanded; the target is only carried along.
-        await self._send(client, self.params.inputs(self._next_seq(), program.MODE_HOLD,
-                                                    list(q), 0.0))
+        await self._send(
+            client, self.params.inputs(self._next_seq(), program.MODE_HOLD, list(q), 0.0)
+        )
 
     async def stop(self) -> None:
         """Ask the program to decelerate (stopj) and wait briefly for its acknowledgement.
@@ -348,8 +389,9 @@ class UR5Robot(ConfiguredDriver):
                 client = self._client
                 q = self._last_valid_q
                 if client is None or not client.connected or q is None:
-                    log.warning("%s: stop() with the link down; the robot's watchdog stops it",
-                                self.name)
+                    log.warning(
+                        "%s: stop() with the link down; the robot's watchdog stops it", self.name
+                    )
                     return
                 seq = self._next_seq()
                 await self._send(client, self.params.inputs(seq, program.MODE_STOP, list(q), 0))
@@ -361,8 +403,9 @@ class UR5Robot(ConfiguredDriver):
                         return
                     await self._new_state.wait()
         except TimeoutError:
-            log.warning("%s: stop() not acknowledged within %.2f s", self.name,
-                        self.config.stop_timeout)
+            log.warning(
+                "%s: stop() not acknowledged within %.2f s", self.name, self.config.stop_timeout
+            )
         except (DriverError, OSError) as exc:
             log.warning("%s: stop() failed: %s", self.name, exc)
 
@@ -403,8 +446,11 @@ class UR5Robot(ConfiguredDriver):
             raise NotReady(f"{self.name}: cannot resume: {self._invalid}")
         if self._latch is None and self._program_seen:
             return  # our program runs: nothing to resume
-        log.warning("%s: resume requested (%s); starting the program from where the arm is",
-                    self.name, self._latch or "program not running")
+        log.warning(
+            "%s: resume requested (%s); starting the program from where the arm is",
+            self.name,
+            self._latch or "program not running",
+        )
         self._latch = None
         # waited for, not awaited: a new session may cancel the start, not our caller
         await asyncio.wait({self._spawn_start("resume")})
@@ -442,15 +488,21 @@ class UR5Robot(ConfiguredDriver):
             except (DriverError, OSError) as exc:
                 self.session_failures += 1
                 self._last_error = str(exc)
-                log.warning("%s: RTDE link lost: %s; reconnecting in %.2f s", self.name, exc,
-                            backoff)
+                log.warning(
+                    "%s: RTDE link lost: %s; reconnecting in %.2f s", self.name, exc, backoff
+                )
             except Exception as exc:  # a bug must never end the reconnects silently
                 self.session_failures += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
-                log.error("%s: RTDE session failed with %s: %s (failure %d); reconnecting"
-                          " in %.2f s", self.name, type(exc).__name__, exc,
-                          self.session_failures, backoff,
-                          exc_info=self.session_failures == 1)
+                log.error(
+                    "%s: RTDE session failed with %s: %s (failure %d); reconnecting in %.2f s",
+                    self.name,
+                    type(exc).__name__,
+                    exc,
+                    self.session_failures,
+                    backoff,
+                    exc_info=self.session_failures == 1,
+                )
             if self._connected.is_set():
                 backoff = self.config.reconnect_min
             self._connected.clear()
@@ -481,8 +533,12 @@ class UR5Robot(ConfiguredDriver):
             seq = int(first.get(self.params.ack_name, 0))
             self._seq = max(self._seq, seq)
             q = self._last_valid_q
-            await self._send(client, self.params.inputs(
-                self._seq, program.MODE_HOLD, list(q if q is not None else np.zeros(6)), 0))
+            await self._send(
+                client,
+                self.params.inputs(
+                    self._seq, program.MODE_HOLD, list(q if q is not None else np.zeros(6)), 0
+                ),
+            )
             if cfg.use_dashboard:
                 await self._prepare_arm(client.controller_version[0])
                 if cfg.power_on:
@@ -524,8 +580,11 @@ class UR5Robot(ConfiguredDriver):
             return False
         fault = arm_fault(values)
         if fault is not None:
-            self._set_latch(f"{fault} at connect" if not self._had_program
-                            else f"{fault} (happened while the RTDE link was down)")
+            self._set_latch(
+                f"{fault} at connect"
+                if not self._had_program
+                else f"{fault} (happened while the RTDE link was down)"
+            )
             return False
         if not self._had_program:
             return True  # the first start: the person starting the controller asked for it
@@ -549,8 +608,9 @@ class UR5Robot(ConfiguredDriver):
         await self._send(client, self.params.inputs(seq, program.MODE_HOLD, list(q), 0))
         self._program_seen = False
         self._await_seq = seq
-        await program.upload(cfg.host, program.render(self.params), port=cfg.script_port,
-                             limit_s=cfg.connect_timeout)
+        await program.upload(
+            cfg.host, program.render(self.params), port=cfg.script_port, limit_s=cfg.connect_timeout
+        )
         self.program_starts += 1
 
     async def _prepare_arm(self, major: int) -> None:
@@ -572,8 +632,11 @@ class UR5Robot(ConfiguredDriver):
                         await dash.power_on()
                         await dash.brake_release()
         except (ConnectionLost, ProtocolError, TimeoutError) as exc:
-            log.warning("%s: dashboard unavailable (%s); continuing without it", self.name,
-                        exc or f"no answer within {limit:g} s")
+            log.warning(
+                "%s: dashboard unavailable (%s); continuing without it",
+                self.name,
+                exc or f"no answer within {limit:g} s",
+            )
 
     async def _keepalive(self, client: RtdeClient) -> None:
         period = 1.0 / self.config.keepalive_hz
@@ -588,8 +651,13 @@ class UR5Robot(ConfiguredDriver):
                 except Exception as exc:  # keep the heartbeat alive through a bug
                     failures += 1
                     if failures == 1 or failures % 100 == 0:
-                        log.error("%s: keepalive send failed with %s: %s (%d so far)",
-                                  self.name, type(exc).__name__, exc, failures)
+                        log.error(
+                            "%s: keepalive send failed with %s: %s (%d so far)",
+                            self.name,
+                            type(exc).__name__,
+                            exc,
+                            failures,
+                        )
 
     def _set_latch(self, what: str) -> None:
         """Someone else stopped the arm: not ready until resume(). Logged once."""
@@ -654,8 +722,12 @@ class UR5Robot(ConfiguredDriver):
         fault = arm_fault(values)
         if self._await_seq is not None:
             ack = int(values.get(self.params.ack_name, -1))
-            if (fault is None and runtime == RUNTIME_PLAYING
-                    and status != program.STATUS_WATCHDOG and _seq_reached(ack, self._await_seq)):
+            if (
+                fault is None
+                and runtime == RUNTIME_PLAYING
+                and status != program.STATUS_WATCHDOG
+                and _seq_reached(ack, self._await_seq)
+            ):
                 self._await_seq = None
                 self._program_seen = self._had_program = True
             return
@@ -667,14 +739,23 @@ class UR5Robot(ConfiguredDriver):
         self._program_seen = False
         client = self._client
         if status == program.STATUS_WATCHDOG:
-            log.warning("%s: the program's watchdog stopped the arm (no heartbeat reached the"
-                        " robot for %.2f s); restarting it from where the arm is", self.name,
-                        1.0 / self.config.watchdog_hz)
+            log.warning(
+                "%s: the program's watchdog stopped the arm (no heartbeat reached the"
+                " robot for %.2f s); restarting it from where the arm is",
+                self.name,
+                1.0 / self.config.watchdog_hz,
+            )
             kind = "watchdog"
-        elif (int(values["safety_mode"]) == SAFETY_PROTECTIVE
-              and int(values["robot_mode"]) == ROBOT_RUNNING and self.config.auto_recover):
-            log.warning("%s: protective stop; auto_recover unlocks it in %.1f s", self.name,
-                        self.config.unlock_wait)
+        elif (
+            int(values["safety_mode"]) == SAFETY_PROTECTIVE
+            and int(values["robot_mode"]) == ROBOT_RUNNING
+            and self.config.auto_recover
+        ):
+            log.warning(
+                "%s: protective stop; auto_recover unlocks it in %.1f s",
+                self.name,
+                self.config.unlock_wait,
+            )
             kind = "protective"
         else:
             self._set_latch(_describe_stop(values, fault))
@@ -703,8 +784,9 @@ class UR5Robot(ConfiguredDriver):
         try:
             if kind == "protective":
                 await asyncio.sleep(cfg.unlock_wait)
-                async with DashboardClient(cfg.host, cfg.dashboard_port,
-                                           timeout=cfg.connect_timeout) as dash:
+                async with DashboardClient(
+                    cfg.host, cfg.dashboard_port, timeout=cfg.connect_timeout
+                ) as dash:
                     for _ in range(3):
                         if await dash.unlock_protective_stop(wait=0.0):
                             break
@@ -719,10 +801,14 @@ class UR5Robot(ConfiguredDriver):
                 if client is None or values is None:
                     return  # link lost: the next session decides from the status register
                 fault = arm_fault(values)
-                if fault is not None or (kind in ("watchdog", "protective")
-                                         and int(values["runtime_state"]) == RUNTIME_PLAYING):
-                    self._set_latch(f"{fault or 'PROGRAM still PLAYING'} (not caused by the"
-                                    f" driver) before its {_START_TEXT[kind].lower()}")
+                if fault is not None or (
+                    kind in ("watchdog", "protective")
+                    and int(values["runtime_state"]) == RUNTIME_PLAYING
+                ):
+                    self._set_latch(
+                        f"{fault or 'PROGRAM still PLAYING'} (not caused by the"
+                        f" driver) before its {_START_TEXT[kind].lower()}"
+                    )
                     return
                 await self._start_program(client)
                 try:
@@ -730,9 +816,13 @@ class UR5Robot(ConfiguredDriver):
                 except TimeoutError:
                     values = self._latest_values or values
                     if int(values.get(self.params.status_name, 0)) == program.STATUS_WATCHDOG:
-                        log.warning("%s: the started program was stopped by its watchdog (no"
-                                    " heartbeat reaches the robot); attempt %d of %d", self.name,
-                                    attempt, START_ATTEMPTS)
+                        log.warning(
+                            "%s: the started program was stopped by its watchdog (no"
+                            " heartbeat reaches the robot); attempt %d of %d",
+                            self.name,
+                            attempt,
+                            START_ATTEMPTS,
+                        )
                         continue
                     break
                 log.info("%s: program %s", self.name, _START_TEXT[kind].lower())
@@ -741,8 +831,13 @@ class UR5Robot(ConfiguredDriver):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("%s: %s failed with %s: %s", self.name, _START_TEXT[kind].lower(),
-                      type(exc).__name__, exc)
+            log.error(
+                "%s: %s failed with %s: %s",
+                self.name,
+                _START_TEXT[kind].lower(),
+                type(exc).__name__,
+                exc,
+            )
             self._set_latch(f"{_START_TEXT[kind].lower()} failed ({exc})")
         finally:
             if self._recovery is asyncio.current_task():
@@ -750,8 +845,7 @@ class UR5Robot(ConfiguredDriver):
 
     def _settled(self) -> bool:
         v = self._latest_values
-        return (v is not None and arm_fault(v) is None
-                and int(v["runtime_state"]) != RUNTIME_PLAYING)
+        return v is not None and arm_fault(v) is None and int(v["runtime_state"]) != RUNTIME_PLAYING
 
 
 _START_TEXT = {
@@ -781,8 +875,9 @@ async def _cancel_bounded(task: asyncio.Task[Any], what: str) -> None:
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=TASK_CANCEL_BOUND)
     if not done:
-        log.error("%s did not end within %.1f s of its cancellation; left behind", what,
-                  TASK_CANCEL_BOUND)
+        log.error(
+            "%s did not end within %.1f s of its cancellation; left behind", what, TASK_CANCEL_BOUND
+        )
         return
     with contextlib.suppress(asyncio.CancelledError):
         exc = task.exception()

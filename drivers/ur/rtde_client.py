@@ -126,7 +126,10 @@ class RtdeClient:
         self.controller_version = codec.decode_version(reply)
         log.info(
             "RTDE connected to %s:%d, protocol %d, controller %s",
-            self.host, self.port, self.protocol, ".".join(map(str, self.controller_version)),
+            self.host,
+            self.port,
+            self.protocol,
+            ".".join(map(str, self.controller_version)),
         )
 
     async def setup_outputs(self, names: Sequence[str], frequency: float) -> Recipe:
@@ -202,11 +205,15 @@ class RtdeClient:
         message, source = _printable(message), _printable(source, 40)
         loop = asyncio.get_running_loop()
         if self.text_throttle.admit(loop.time()):
-            log.log(_LEVEL_TO_LOG.get(level, logging.INFO), "UR %s [%s]: %s",
-                    _printable(level, 20), source, message)
+            log.log(
+                _LEVEL_TO_LOG.get(level, logging.INFO),
+                "UR %s [%s]: %s",
+                _printable(level, 20),
+                source,
+                message,
+            )
         elif self._text_report is None:
-            self._text_report = loop.call_later(self.text_throttle.window,
-                                                self._report_suppressed)
+            self._text_report = loop.call_later(self.text_throttle.window, self._report_suppressed)
         if self._on_text is not None:
             # every message, cut short: a program consumer may count them all
             self._on_text(level, source, message)
@@ -215,8 +222,13 @@ class RtdeClient:
         self._text_report = None
         n = self.text_throttle.flush()
         if n:
-            log.warning("RTDE %s: %d robot text messages not logged (more than %d per %g s)",
-                        self.host, n, self.text_throttle.burst, self.text_throttle.window)
+            log.warning(
+                "RTDE %s: %d robot text messages not logged (more than %d per %g s)",
+                self.host,
+                n,
+                self.text_throttle.burst,
+                self.text_throttle.window,
+            )
 
     async def _next_packet(self) -> tuple[int, bytes]:
         while not self._pending:

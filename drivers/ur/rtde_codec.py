@@ -205,12 +205,16 @@ def decode_setup_reply(
         raise bad_packet(ptype, payload, "type list is not ASCII") from None
     if len(types) != len(names):
         raise bad_packet(ptype, payload, f"{len(types)} types for {len(names)} requested variables")
-    refused = [f"{n} ({t})" for n, t in zip(names, types, strict=True) if t in ("NOT_FOUND", "IN_USE")]
+    refused = [
+        f"{n} ({t})" for n, t in zip(names, types, strict=True) if t in ("NOT_FOUND", "IN_USE")
+    ]
     if refused:
         raise RecipeRefused(f"RTDE {packet_name(ptype)} refused: {', '.join(refused)}")
     unknown = [t for t in types if t not in FIELD_TYPES]
     if unknown:
-        raise bad_packet(ptype, payload, f"unknown variable type(s) {', '.join(sorted(set(unknown)))}")
+        raise bad_packet(
+            ptype, payload, f"unknown variable type(s) {', '.join(sorted(set(unknown)))}"
+        )
     if with_id and recipe_id == 0:
         raise bad_packet(ptype, payload, "recipe id 0 for an accepted recipe")
     return Recipe.build(recipe_id, names, types)

@@ -62,8 +62,9 @@ class WebRtcCameraBase:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("camera %s: task %s failed", self.name, task.get_name(),
-                      exc_info=task.exception())
+            log.error(
+                "camera %s: task %s failed", self.name, task.get_name(), exc_info=task.exception()
+            )
 
     async def _close_tasks(self) -> None:
         tasks = list(self._tasks)
@@ -93,8 +94,13 @@ class WebRtcCameraBase:
 
     def _set_stale(self, stale: bool, why: str) -> None:
         if stale != self.stale:
-            log.info("camera %s: %s -> %s (%s)", self.name,
-                     "stale" if self.stale else "live", "stale" if stale else "live", why)
+            log.info(
+                "camera %s: %s -> %s (%s)",
+                self.name,
+                "stale" if self.stale else "live",
+                "stale" if stale else "live",
+                why,
+            )
             self.stale = stale
             if stale:
                 self.stale_events += 1

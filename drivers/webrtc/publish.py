@@ -60,12 +60,15 @@ class WhipPublisher:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = self.pc.localDescription.sdp
         try:
-            async with aiohttp.ClientSession() as http, http.post(
-                self.url,
-                data=offer,
-                headers=self._headers(self.url, "application/sdp"),
-                allow_redirects=False,  # a redirect would carry the token along
-            ) as resp:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    self.url,
+                    data=offer,
+                    headers=self._headers(self.url, "application/sdp"),
+                    allow_redirects=False,  # a redirect would carry the token along
+                ) as resp,
+            ):
                 if resp.status != 201:
                     reason = await error_excerpt(resp)
                     raise ProtocolError(f"WHIP POST {self.url}: {resp.status} {reason}")
@@ -89,12 +92,15 @@ class WhipPublisher:
             return
         try:
             if self.location:
-                async with aiohttp.ClientSession() as http, http.delete(
-                    self.location,
-                    headers=self._headers(self.location),
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=3),
-                ) as resp:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.delete(
+                        self.location,
+                        headers=self._headers(self.location),
+                        allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(total=3),
+                    ) as resp,
+                ):
                     resp.close()
         except (aiohttp.ClientError, TimeoutError, ValueError):
             pass
@@ -117,8 +123,12 @@ def main() -> None:
     p.add_argument("url")
     p.add_argument("--token")
     p.add_argument("--fps", type=float, default=30.0)
-    p.add_argument("--ice-address", action="append", default=[],
-                   help="gather host candidates only on this address (e.g. 127.0.0.1)")
+    p.add_argument(
+        "--ice-address",
+        action="append",
+        default=[],
+        help="gather host candidates only on this address (e.g. 127.0.0.1)",
+    )
     logging.basicConfig(level=logging.INFO)
     try:
         asyncio.run(_main(p.parse_args()))

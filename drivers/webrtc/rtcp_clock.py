@@ -155,4 +155,3 @@ class RtcpClock:
         if self._min_transit is None or transit < self._min_transit:
             self._min_transit = transit
         return sent + self._min_transit, "rtcp"
-

@@ -10,8 +10,12 @@ from drivers.webrtc.rtcp_clock import SenderClock
 from drivers.webrtc.whip_guard import check_token_text
 
 #: Upper bounds of the time options (seconds).
-LIMITS_S = {"watchdog_s": 60.0, "connect_timeout_s": 120.0, "backoff_s": 300.0,
-            "backoff_max_s": 300.0}
+LIMITS_S = {
+    "watchdog_s": 60.0,
+    "connect_timeout_s": 120.0,
+    "backoff_s": 300.0,
+    "backoff_max_s": 300.0,
+}
 
 
 @dataclass(frozen=True, slots=True)

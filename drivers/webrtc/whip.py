@@ -172,13 +172,18 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
             self.newest.put(first)
         self._session_started = asyncio.get_running_loop().time()
         self.sessions_started += 1
-        log.info("camera %s: publisher %s connected (session %s)",
-                 self.name, session.client, session.id[:8])
+        log.info(
+            "camera %s: publisher %s connected (session %s)",
+            self.name,
+            session.client,
+            session.id[:8],
+        )
         if old_pump is not None:
             self._spawn(old_pump.close(), "pump-close")
         if old is not None and not old.closed and self.server is not None:
-            log.info("camera %s: session %s replaces session %s",
-                     self.name, session.id[:8], old.id[:8])
+            log.info(
+                "camera %s: session %s replaces session %s", self.name, session.id[:8], old.id[:8]
+            )
             self._spawn(self.server.end_session(old), "replace")
 
     # ------------------------------------------------------- liveness
@@ -199,6 +204,10 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
                 continue
             since = now - max(self._session_started, self.newest.last_arrival or 0.0)
             if since > self.watchdog_s:
-                log.warning("camera %s: no frame for %.1f s, closing session %s",
-                            self.name, since, session.id[:8])
+                log.warning(
+                    "camera %s: no frame for %.1f s, closing session %s",
+                    self.name,
+                    since,
+                    session.id[:8],
+                )
                 await self.server.end_session(session)

@@ -316,7 +316,9 @@ class WhipServer:
             return self._refuse(request, 403, reason)
         return await handler(request)
 
-    def _refuse(self, request: web.Request, status: int, reason: str, **headers: str) -> web.Response:
+    def _refuse(
+        self, request: web.Request, status: int, reason: str, **headers: str
+    ) -> web.Response:
         """Answer a refusal; log it, but at most one line per `REFUSAL_LOG_PERIOD_S`."""
         self.refused[status] += 1
         self._refusals_unlogged += 1
@@ -396,7 +398,9 @@ class WhipServer:
         wait = self._rate.take(request.remote or "")
         if wait > 0:
             return self._refuse(
-                request, 429, "too many offers from this address; retry later",
+                request,
+                429,
+                "too many offers from this address; retry later",
                 **{"Retry-After": retry_after(wait)},
             )
         bad = self._check(request, SDP)
@@ -413,7 +417,8 @@ class WhipServer:
         live = endpoint.live_session()
         if live is not None and not (endpoint.allow_takeover and self.options.token is not None):
             return self._refuse(
-                request, 409,
+                request,
+                409,
                 f"camera {name!r} already has a live publisher (session {live.id[:8]}); "
                 "it must stop or DELETE its session first",
             )
@@ -422,12 +427,17 @@ class WhipServer:
             or self.pending_count() >= self.limits.pending_total
         ):
             return self._refuse(
-                request, 503, f"too many sessions waiting to connect to camera {name!r}; "
-                "retry later", **{"Retry-After": retry_after(self.limits.busy_retry_s)},
+                request,
+                503,
+                f"too many sessions waiting to connect to camera {name!r}; retry later",
+                **{"Retry-After": retry_after(self.limits.busy_retry_s)},
             )
         # registered before the first await, so that concurrent offers count it
         session = WhipSession(
-            uuid.uuid4().hex, name, remote_ufrag=ice_ufrag(offer), client=request.remote,
+            uuid.uuid4().hex,
+            name,
+            remote_ufrag=ice_ufrag(offer),
+            client=request.remote,
             takeover=live is not None,
         )
         self.sessions[session.id] = session
@@ -452,7 +462,10 @@ class WhipServer:
         endpoint_now.session_offered(session)
         log.info(
             "WHIP %s: session %s from %s%s, waiting for it to connect",
-            name, session.id[:8], request.remote, " (takeover)" if session.takeover else "",
+            name,
+            session.id[:8],
+            request.remote,
+            " (takeover)" if session.takeover else "",
         )
         return web.Response(
             status=201,
@@ -598,7 +611,9 @@ def resolve_token(
             log.warning(
                 "WHIP server on %s: generated a bearer token into %s (fingerprint %s); "
                 "give it to the publishers",
-                host, path, fingerprint(value),
+                host,
+                path,
+                fingerprint(value),
             )
         return value
     raise DriverConfigError(

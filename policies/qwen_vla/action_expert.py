@@ -71,7 +71,10 @@ def check_parameter_budget(config: VLAConfig) -> int:
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+        nn.Linear(in_dim, hidden),
+        nn.GELU(),
+        nn.Linear(hidden, hidden),
+        nn.GELU(),
         nn.Linear(hidden, out_dim),
     )
 
@@ -148,7 +151,9 @@ class ActionModel(nn.Module):
             else None
         )
         self.sensor = (
-            SensorEncoder(config.sensor_dim, d, config.sensor_norm) if config.sensor_enabled else None
+            SensorEncoder(config.sensor_dim, d, config.sensor_norm)
+            if config.sensor_enabled
+            else None
         )
         self.expert = ActionExpert(config)
 

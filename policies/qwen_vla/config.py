@@ -181,7 +181,9 @@ class VLAConfig:
                 raise ValueError("robot_state_enabled needs at least one state input")
             bad = [s for s in self.state_inputs if s not in ("positions", "velocities")]
             if bad:
-                raise ValueError(f"state_inputs {bad} not accepted (accepted: positions, velocities)")
+                raise ValueError(
+                    f"state_inputs {bad} not accepted (accepted: positions, velocities)"
+                )
             if self.state_norm is not None and self.state_norm.dim != self.state_dim:
                 raise ValueError(
                     f"state_norm has {self.state_norm.dim} entries, state inputs have {self.state_dim}"
@@ -217,7 +219,9 @@ class VLAConfig:
         raw = dict(raw)
         version = raw.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
-            raise ValueError(f"format_version {version} is not supported (this code reads {FORMAT_VERSION})")
+            raise ValueError(
+                f"format_version {version} is not supported (this code reads {FORMAT_VERSION})"
+            )
 
         def stats(v: Any) -> NormStats | None:
             return None if v is None else NormStats(tuple(v["mean"]), tuple(v["std"]))
@@ -255,10 +259,14 @@ class VLAConfig:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
             with os.fdopen(fd, "rb") as f:
                 if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise CheckpointError(f"checkpoint {path.parent}: {path.name} is not a regular file")
+                    raise CheckpointError(
+                        f"checkpoint {path.parent}: {path.name} is not a regular file"
+                    )
                 data = f.read(MAX_CONFIG_BYTES + 1)
         except OSError as exc:
-            raise CheckpointError(f"checkpoint {path.parent}: {path.name} cannot be read: {exc.strerror}") from None
+            raise CheckpointError(
+                f"checkpoint {path.parent}: {path.name} cannot be read: {exc.strerror}"
+            ) from None
         if len(data) > MAX_CONFIG_BYTES:
             raise CheckpointError(
                 f"checkpoint {path.parent}: {path.name} is larger than {MAX_CONFIG_BYTES} bytes"
@@ -266,4 +274,6 @@ class VLAConfig:
         try:
             return cls.from_dict(json.loads(data.decode("utf-8")))
         except (ValueError, TypeError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint {path.parent}: {path.name} is invalid: {exc}") from None
+            raise CheckpointError(
+                f"checkpoint {path.parent}: {path.name} is invalid: {exc}"
+            ) from None

@@ -59,7 +59,15 @@ class QwenVLAOptions:
     seed: int = 0
 
     def shape_options(self) -> dict[str, Any]:
-        names = ("head", "horizon", "flow_steps", "min_pixels", "max_pixels", "sensors", "max_delta")
+        names = (
+            "head",
+            "horizon",
+            "flow_steps",
+            "min_pixels",
+            "max_pixels",
+            "sensors",
+            "max_delta",
+        )
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def preprocessing(self) -> Preprocessing:
@@ -104,11 +112,17 @@ def build_vl_encoder(options: QwenVLAOptions, device: str | torch.device = "cpu"
         else:
             from policies.qwen_vla.tiny_default import tiny_model_dir
 
-            ref = str(tiny_model_dir(options.cache_dir, min_pixels=pp.min_pixels, max_pixels=pp.max_pixels))
+            ref = str(
+                tiny_model_dir(
+                    options.cache_dir, min_pixels=pp.min_pixels, max_pixels=pp.max_pixels
+                )
+            )
     return VLEncoder.load(ref, pp, device, options.dtype)
 
 
-def default_config(options: QwenVLAOptions, robot: RobotInfo, vl_hidden: int, vl_ref: str) -> VLAConfig:
+def default_config(
+    options: QwenVLAOptions, robot: RobotInfo, vl_hidden: int, vl_ref: str
+) -> VLAConfig:
     """A fresh (untrained) policy for this robot: deltas around the current
     position, state normalised to the robot's joint range."""
     lower = np.asarray(robot.limits.lower, dtype=float)
@@ -197,7 +211,8 @@ class QwenVLAPolicy:
             if config.joint_names is not None and tuple(config.joint_names) != robot.joint_names:
                 LOG.warning(
                     "checkpoint joint names %s differ from robot's %s (same count: continuing)",
-                    config.joint_names, robot.joint_names,
+                    config.joint_names,
+                    robot.joint_names,
                 )
             encoder = build_vl_encoder(opts, dev)
             if encoder.hidden_size != config.vl_hidden:
@@ -208,7 +223,9 @@ class QwenVLAPolicy:
             if config.vl_fingerprint and encoder.fingerprint() != config.vl_fingerprint:
                 LOG.warning(
                     "VL model %s is not the one this checkpoint was trained with (fingerprint %s != %s)",
-                    encoder.ref, encoder.fingerprint(), config.vl_fingerprint,
+                    encoder.ref,
+                    encoder.fingerprint(),
+                    config.vl_fingerprint,
                 )
         else:
             encoder = build_vl_encoder(opts, dev)
@@ -218,7 +235,8 @@ class QwenVLAPolicy:
             model = ActionModel(config).eval()
             LOG.warning(
                 "qwen-vla: no checkpoint: untrained action expert (random weights, seed %d);"
-                " actions are small bounded deltas around the current position", opts.seed,
+                " actions are small bounded deltas around the current position",
+                opts.seed,
             )
         model.requires_grad_(False)
         self.model = model.to(dev)
@@ -251,7 +269,9 @@ class QwenVLAPolicy:
             )
         positions = np.asarray(state.positions, dtype=np.float64)
         if positions.shape != (robot.dof,):
-            raise PolicyError(f"qwen-vla: state has {positions.shape} positions, robot has {robot.dof}")
+            raise PolicyError(
+                f"qwen-vla: state has {positions.shape} positions, robot has {robot.dof}"
+            )
         state_t = self._state_tensor(state) if config.robot_state_enabled else None
         sensor_t = self._sensor_tensor(sensors) if config.sensor_enabled else None
         with torch.inference_mode():
@@ -266,7 +286,9 @@ class QwenVLAPolicy:
 
     def _state_tensor(self, state: RobotState) -> torch.Tensor:
         assert self.config is not None
-        parts = [np.asarray(getattr(state, name), dtype=np.float32) for name in self.config.state_inputs]
+        parts = [
+            np.asarray(getattr(state, name), dtype=np.float32) for name in self.config.state_inputs
+        ]
         return torch.as_tensor(np.concatenate(parts)[None, :], device=self.device)
 
     def _sensor_tensor(self, sensors: Mapping[str, SensorReading]) -> torch.Tensor:
@@ -280,7 +302,9 @@ class QwenVLAPolicy:
                 )
             values = np.asarray(reading.values, dtype=np.float32).reshape(-1)
             if values.shape[0] != dim:
-                raise PolicyError(f"qwen-vla: sensor {name!r} gave {values.shape[0]} values, expected {dim}")
+                raise PolicyError(
+                    f"qwen-vla: sensor {name!r} gave {values.shape[0]} values, expected {dim}"
+                )
             parts.append(values)
         return torch.as_tensor(np.concatenate(parts)[None, :], device=self.device)
 

@@ -125,7 +125,11 @@ def _build_config(tokenizer):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": [4, 6, 6],
+        },
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
@@ -173,7 +177,9 @@ def build_tiny_model(out_dir: str | Path, *, min_pixels: int, max_pixels: int) -
     torch.manual_seed(TINY_SEED)
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    LOG.info("tiny default: model initialised (%.2f M parameters, seed %d)", n_params / 1e6, TINY_SEED)
+    LOG.info(
+        "tiny default: model initialised (%.2f M parameters, seed %d)", n_params / 1e6, TINY_SEED
+    )
     processor = _build_processor(tokenizer, min_pixels, max_pixels)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the model dir is an ordinary one

@@ -92,7 +92,9 @@ def resolve_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            dtype
+        ]
     except KeyError:
         raise PolicyConfigError(
             f"dtype {dtype!r} is not one of 'auto', 'float32', 'bfloat16', 'float16'"
@@ -141,7 +143,10 @@ class VLEncoder:
         # The processor's own resize must not undo the bounds applied by
         # qwen_vl_utils: give it the same bounds.
         ip = self.processor.image_processor
-        ip.size = {"shortest_edge": preprocessing.min_pixels, "longest_edge": preprocessing.max_pixels}
+        ip.size = {
+            "shortest_edge": preprocessing.min_pixels,
+            "longest_edge": preprocessing.max_pixels,
+        }
         for name in ("min_pixels", "max_pixels"):
             if hasattr(ip, name):
                 setattr(ip, name, getattr(preprocessing, name))
@@ -245,7 +250,9 @@ class VLEncoder:
                 raise PolicyError("VL encoder: a sample has no images")
             messages = self._messages(imgs, instruction)
             texts.append(
-                self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                self.processor.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
             )
             image_inputs, _ = process_vision_info(messages)
             images.extend(image_inputs or [])

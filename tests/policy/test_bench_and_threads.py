@@ -15,8 +15,21 @@ from policies.qwen_vla.policy import QwenVLAPolicy
 
 def test_bench_vl_reports_split_latencies(tiny_cache, capsys):
     rc = bench.main(
-        ["vl", "--cache-dir", str(tiny_cache), "--images", "1", "2", "--iters", "2",
-         "--warmup", "0", "--size", "96x128", "--json"]
+        [
+            "vl",
+            "--cache-dir",
+            str(tiny_cache),
+            "--images",
+            "1",
+            "2",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--size",
+            "96x128",
+            "--json",
+        ]
     )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
@@ -50,8 +63,13 @@ def test_bench_bad_arguments_are_one_line_before_any_model_loads(capsys, monkeyp
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(QwenVLAPolicy, "from_options", classmethod(no_model))
-    for argv in (["vl", "--size", "abc"], ["vl", "--iters", "0"], ["act", "--dof", "0"],
-                 ["vl", "--images", "0"], ["act", "--warmup", "-1"]):
+    for argv in (
+        ["vl", "--size", "abc"],
+        ["vl", "--iters", "0"],
+        ["act", "--dof", "0"],
+        ["vl", "--images", "0"],
+        ["act", "--warmup", "-1"],
+    ):
         with pytest.raises(SystemExit) as info:
             bench.main(argv)
         assert info.value.code == 2

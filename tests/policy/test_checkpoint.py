@@ -38,7 +38,10 @@ def test_round_trip_gives_identical_outputs(saved, make_images, make_robot):
 
     original, path = saved
     assert {p.name for p in path.iterdir()} >= {
-        "config.json", "encoders.safetensors", "action_expert.safetensors", "vl_model"
+        "config.json",
+        "encoders.safetensors",
+        "action_expert.safetensors",
+        "vl_model",
     }
     loaded = QwenVLAPolicy.from_options({"checkpoint": str(path)})
     loaded.load("cpu", make_robot(6), 0.1)

@@ -21,7 +21,9 @@ def dataset(tmp_path_factory, make_images) -> tuple[Path, dict[str, tuple[list, 
     root = tmp_path_factory.mktemp("dataset")
     truth: dict[str, tuple[list, str]] = {}
     lines = []
-    for k, (n, text) in enumerate([(1, "pick up the red cube"), (3, "open the drawer"), (2, "push")]):
+    for k, (n, text) in enumerate(
+        [(1, "pick up the red cube"), (3, "open the drawer"), (2, "push")]
+    ):
         images = make_images(n, 100 + k, size=(96, 128))
         names = []
         for j, img in enumerate(images):

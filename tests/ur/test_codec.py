@@ -104,7 +104,8 @@ def test_errors_name_type_and_length() -> None:
 
 
 RECIPE = c.Recipe.build(
-    2, ["timestamp", "actual_q", "robot_mode", "safety_status_bits", "b"],
+    2,
+    ["timestamp", "actual_q", "robot_mode", "safety_status_bits", "b"],
     ["DOUBLE", "VECTOR6D", "INT32", "UINT32", "BOOL"],
 )
 

@@ -324,4 +324,3 @@ async def test_power_on_option_starts_the_program_itself(host: str) -> None:
     ):
         await ready_state(robot, 3.0)
         assert sim.scripts_received == 1
-

@@ -62,14 +62,23 @@ async def test_ur_rtde_reads_the_simulator(host: str) -> None:
     if reason:
         pytest.skip(reason)
     sim = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "drivers.ur.sim", "--host", host,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "drivers.ur.sim",
+        "--host",
+        host,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         await _wait_for_sim(host)
         peer = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", PEER, host,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-c",
+            PEER,
+            host,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         async with asyncio.timeout(30):
             stdout, stderr = await peer.communicate()

@@ -45,8 +45,13 @@ async def chromium(url: str) -> AsyncIterator[asyncio.subprocess.Process]:
     profile = tempfile.mkdtemp(prefix="chromium-whip-")
     log = tempfile.NamedTemporaryFile(prefix="chromium-whip-", suffix=".log", delete=False)
     proc = await asyncio.create_subprocess_exec(
-        CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", url,
-        stdout=log, stderr=log,
+        CHROMIUM,
+        *FLAGS,
+        f"--user-data-dir={profile}",
+        "--remote-debugging-port=0",
+        url,
+        stdout=log,
+        stderr=log,
     )
     proc.log_path = log.name  # type: ignore[attr-defined]
     proc.profile = profile  # type: ignore[attr-defined]

@@ -36,8 +36,7 @@ async def test_chromium_publishes_to_whip_camera_frames_reach_the_slot() -> None
                 )
                 await eventually(lambda: slot.version >= 10, 40, "frames from Chromium")
                 await eventually(
-                    lambda: slot.latest() is not None
-                    and slot.latest().value.time_source == "rtcp",
+                    lambda: slot.latest() is not None and slot.latest().value.time_source == "rtcp",
                     10,
                     "a frame stamped from an RTCP sender report",
                 )

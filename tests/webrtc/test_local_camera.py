@@ -26,8 +26,11 @@ async def test_lavfi_camera_is_paced_and_newest_only() -> None:
         assert frame.camera == "test" and frame.time_source == "arrival"
         image = await asyncio.to_thread(lambda: frame.image)  # conversion off the loop
         assert image.shape == (240, 320, 3)
-    await eventually(lambda: cam._thread is not None and not cam._thread.is_alive(), 5,
-                     "the reader thread to end")
+    await eventually(
+        lambda: cam._thread is not None and not cam._thread.is_alive(),
+        5,
+        "the reader thread to end",
+    )
 
 
 async def test_missing_v4l2_device_is_a_configuration_error() -> None:
@@ -42,4 +45,7 @@ def test_local_config() -> None:
     with pytest.raises(DriverConfigError, match="size"):
         create("camera", "v4l2:///dev/video0", {"size": "big"})
     assert create("camera", "v4l2:///dev/video0", {"size": "640x480", "fps": 30}).av_options() == {
-        "timestamps": "default", "video_size": "640x480", "framerate": "30"}
+        "timestamps": "default",
+        "video_size": "640x480",
+        "framerate": "30",
+    }

@@ -36,7 +36,8 @@ async def test_whep_pulls_frames_follows_redirect_and_deletes_on_close() -> None
             frame = slot.latest().value
             assert frame.camera == "wrist" and frame.size == (640, 480)
             assert cam.location is not None and cam.location.startswith(
-                f"http://127.0.0.1:{fixture.port}/wrist/whep/")  # relative Location resolved
+                f"http://127.0.0.1:{fixture.port}/wrist/whep/"
+            )  # relative Location resolved
             assert cam.connects == 1
         assert fixture.deletes == 1 and not fixture.sessions
     finally:
@@ -60,8 +61,15 @@ async def test_wrong_token_is_a_fatal_configuration_error() -> None:
 async def fixture_process(port: int) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "drivers.webrtc.whep_testserver", str(port), "wrist",
-        stdout=asyncio.subprocess.PIPE, cwd=ROOT, env=env)
+        sys.executable,
+        "-m",
+        "drivers.webrtc.whep_testserver",
+        str(port),
+        "wrist",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -77,8 +85,13 @@ async def test_killed_sender_goes_stale_within_watchdog_and_client_reconnects() 
     loop = asyncio.get_running_loop()
     watchdog = 1.0
     async with fixture_process(0) as (proc, port):
-        cam = whep(f"http://127.0.0.1:{port}/wrist/whep", watchdog_s=watchdog,
-                   backoff_s=0.2, backoff_max_s=0.5, connect_timeout_s=5)
+        cam = whep(
+            f"http://127.0.0.1:{port}/wrist/whep",
+            watchdog_s=watchdog,
+            backoff_s=0.2,
+            backoff_max_s=0.5,
+            connect_timeout_s=5,
+        )
         async with cam:
             await eventually(lambda: not cam.stale and cam.newest.seq > 10, 20, "first frames")
             proc.send_signal(signal.SIGKILL)  # no DELETE, no DTLS close: the peer just vanishes
@@ -91,8 +104,11 @@ async def test_killed_sender_goes_stale_within_watchdog_and_client_reconnects() 
             assert cam.newest.seq == seq, "frames while the sender is dead"
             assert cam.failures >= 1  # reconnect attempts against a dead server
             async with fixture_process(port):
-                await eventually(lambda: not cam.stale and cam.newest.seq > seq, 20,
-                                 "frames after the server returned")
+                await eventually(
+                    lambda: not cam.stale and cam.newest.seq > seq,
+                    20,
+                    "frames after the server returned",
+                )
             assert cam.connects == 2
 
 

@@ -57,7 +57,9 @@ async def test_rtcp_capture_time_matches_painted_time() -> None:
     async with cam, WhipPublisher(cam.url, PaintedTrack(30)):
         await eventually(
             lambda: cam.newest.newest is not None and cam.newest.newest.time_source == "rtcp",
-            8, "an RTCP-mapped frame")
+            8,
+            "an RTCP-mapped frame",
+        )
         item = cam.newest.newest
         painted = unwrap(read_frame(item.frame), loop.time())
         # the painted time is read before encoding; the RTP time is set at the
@@ -83,8 +85,9 @@ async def test_publisher_killed_makes_camera_stale_then_new_publisher_recovers()
         await asyncio.sleep(0.3)
         assert cam.newest.seq == seq, "frames after the sender was killed"
         async with WhipPublisher(cam.url, PaintedTrack(30)):
-            await eventually(lambda: not cam.stale and cam.newest.seq > seq, 10,
-                             "frames from a new publisher")
+            await eventually(
+                lambda: not cam.stale and cam.newest.seq > seq, 10, "frames from a new publisher"
+            )
         assert cam.sessions_started == 2
 
 
@@ -98,6 +101,7 @@ async def test_http_errors_never_disturb_a_running_session() -> None:
         sdp = {"Content-Type": "application/sdp"}
         frag = {"Content-Type": "application/trickle-ice-sdpfrag"}
         async with aiohttp.ClientSession() as http:
+
             async def req(method: str, url: str, data: str = "", headers: dict | None = None):
                 async with http.request(method, url, data=data, headers=headers or {}) as r:
                     return r.status, await r.text()
@@ -116,14 +120,18 @@ async def test_http_errors_never_disturb_a_running_session() -> None:
             assert status == 404
             status, _ = await req("PATCH", pub.location, "a=ice-ufrag:x", sdp)
             assert status == 415
-            status, text = await req("PATCH", pub.location,
-                                     GOOD_FRAG.format(ufrag="restarted"), frag)
+            status, text = await req(
+                "PATCH", pub.location, GOOD_FRAG.format(ufrag="restarted"), frag
+            )
             assert status == 422 and "restart" in text
             ufrag = pub.pc.localDescription.sdp.split("a=ice-ufrag:", 1)[1].split()[0]
             status, _ = await req(
-                "PATCH", pub.location,
+                "PATCH",
+                pub.location,
                 GOOD_FRAG.format(ufrag=ufrag)
-                + "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n", frag)
+                + "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n",
+                frag,
+            )
             assert status == 204
             status, _ = await req("GET", f"{base}/publish")
             assert status == 200

@@ -62,8 +62,10 @@ def forward_kinematics(q: np.ndarray) -> np.ndarray:
         axis = np.sqrt(np.maximum((np.diag(r) + 1.0) / 2.0, 0.0))
         rv = axis * angle
     else:
-        rv = angle / (2 * math.sin(angle)) * np.array(
-            [r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]
+        rv = (
+            angle
+            / (2 * math.sin(angle))
+            * np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
         )
     return np.concatenate([t[:3, 3], rv])
 

@@ -31,11 +31,25 @@ from drivers.ur.sim.record import TAG_FIELD, SimRecorder
 log = logging.getLogger(__name__)
 
 _ROBOT_MODES = {
-    -1: "NO_CONTROLLER", 0: "DISCONNECTED", 1: "CONFIRM_SAFETY", 2: "BOOTING", 3: "POWER_OFF",
-    4: "POWER_ON", 5: "IDLE", 6: "BACKDRIVE", 7: "RUNNING",
+    -1: "NO_CONTROLLER",
+    0: "DISCONNECTED",
+    1: "CONFIRM_SAFETY",
+    2: "BOOTING",
+    3: "POWER_OFF",
+    4: "POWER_ON",
+    5: "IDLE",
+    6: "BACKDRIVE",
+    7: "RUNNING",
 }
-_SAFETY_MODES = {1: "NORMAL", 2: "REDUCED", 3: "PROTECTIVE_STOP", 4: "RECOVERY",
-                 5: "SAFEGUARD_STOP", 6: "SYSTEM_EMERGENCY_STOP", 7: "ROBOT_EMERGENCY_STOP"}
+_SAFETY_MODES = {
+    1: "NORMAL",
+    2: "REDUCED",
+    3: "PROTECTIVE_STOP",
+    4: "RECOVERY",
+    5: "SAFEGUARD_STOP",
+    6: "SYSTEM_EMERGENCY_STOP",
+    7: "ROBOT_EMERGENCY_STOP",
+}
 
 
 def _v6(a: np.ndarray) -> list[float]:
@@ -115,15 +129,19 @@ class UrSimulator:
                 (c.dashboard_port, self._dashboard_client),
                 (c.script_port, self._script_client),
             ):
-                self._servers.append(
-                    await asyncio.start_server(self._track(handler), c.host, port)
-                )
+                self._servers.append(await asyncio.start_server(self._track(handler), c.host, port))
         except BaseException:
             await self.close()
             raise
         self._tick_task = asyncio.create_task(self._ticks(), name="ur-sim-ticks")
-        log.info("UR simulator on %s (RTDE %d, dashboard %d, script %d, %g Hz)",
-                 c.host, c.rtde_port, c.dashboard_port, c.script_port, c.frequency)
+        log.info(
+            "UR simulator on %s (RTDE %d, dashboard %d, script %d, %g Hz)",
+            c.host,
+            c.rtde_port,
+            c.dashboard_port,
+            c.script_port,
+            c.frequency,
+        )
 
     async def close(self) -> None:
         for server in self._servers:
@@ -154,6 +172,7 @@ class UrSimulator:
             finally:
                 self._conn_tasks.discard(task)
                 writer.transport.abort()
+
         return run
 
     # ---------------------------------------------------------------- faults
@@ -259,13 +278,17 @@ class UrSimulator:
             if s.streaming and s.out_recipe is not None and now >= self.data_paused_until:
                 if now + 1e-4 >= s.next_send:
                     s.next_send = max(s.next_send + 1.0 / s.frequency, now)
-                    values = [corrupt[n] if n in corrupt else self._output(n)
-                              for n in s.out_recipe.names]
+                    values = [
+                        corrupt[n] if n in corrupt else self._output(n) for n in s.out_recipe.names
+                    ]
                     if recorder is not None:
                         serial = serial or self._record_sample(recorder, now, corrupt)
-                        values = [SimRecorder.tagged(v, serial)
-                                  if n == TAG_FIELD and n not in corrupt else v
-                                  for n, v in zip(s.out_recipe.names, values, strict=True)]
+                        values = [
+                            SimRecorder.tagged(v, serial)
+                            if n == TAG_FIELD and n not in corrupt
+                            else v
+                            for n, v in zip(s.out_recipe.names, values, strict=True)
+                        ]
                     sent_sample = True
                     s.held.append(s.out_recipe.pack(values, s.protocol >= 2))
                     if len(s.held) >= self.coalesce:
@@ -327,7 +350,7 @@ class UrSimulator:
             return _OUTPUT_TYPES[name]
         for prefix, typ, hi in _REGISTERS:
             if name.startswith(prefix):
-                tail = name[len(prefix):]
+                tail = name[len(prefix) :]
                 if tail.isdigit() and int(tail) <= hi:
                     return typ
         return None
@@ -367,7 +390,9 @@ class UrSimulator:
             return a.inputs.get(name, _ZERO[self._output_type(name) or "DOUBLE"])
         return a.outputs.get(name, _ZERO[self._output_type(name) or "DOUBLE"])
 
-    async def _rtde_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _rtde_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         if asyncio.get_running_loop().time() < self.refuse_until:
             return
         s = _Session(writer=writer)
@@ -459,7 +484,9 @@ class UrSimulator:
 
     # ---------------------------------------------------------------- script port
 
-    async def _script_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _script_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         chunks: list[bytes] = []
         while True:
             try:
@@ -522,8 +549,10 @@ class UrSimulator:
             case "unlock protective stop":
                 if a.unlock_protective_stop(self.config.unlock_delay):
                     return "Protective stop releasing"
-                return ("Cannot unlock protective stop until 5s after occurrence. "
-                        "Always inspect cause of protective stop before unlocking")
+                return (
+                    "Cannot unlock protective stop until 5s after occurrence. "
+                    "Always inspect cause of protective stop before unlocking"
+                )
             case "close safety popup":
                 return "closing safety popup"
             case "close popup":
@@ -536,7 +565,8 @@ class UrSimulator:
                 return f"Safetymode: {_SAFETY_MODES.get(a.safety_mode, str(a.safety_mode))}"
             case "programState":
                 state = {RUNTIME_PLAYING: "PLAYING", RUNTIME_PAUSED: "PAUSED"}.get(
-                    a.runtime_state, "STOPPED")
+                    a.runtime_state, "STOPPED"
+                )
                 return f"{state} {a.program_name or '<unnamed>'}"
             case "is in remote control":
                 return "true" if self.config.remote_control else "false"
@@ -547,9 +577,18 @@ class UrSimulator:
         return f"could not understand: '{command}'"
 
 
-_ZERO = {"BOOL": False, "UINT8": 0, "UINT32": 0, "UINT64": 0, "INT32": 0, "DOUBLE": 0.0,
-         "VECTOR3D": [0.0] * 3, "VECTOR6D": [0.0] * 6, "VECTOR6INT32": [0] * 6,
-         "VECTOR6UINT32": [0] * 6}
+_ZERO = {
+    "BOOL": False,
+    "UINT8": 0,
+    "UINT32": 0,
+    "UINT64": 0,
+    "INT32": 0,
+    "DOUBLE": 0.0,
+    "VECTOR3D": [0.0] * 3,
+    "VECTOR6D": [0.0] * 6,
+    "VECTOR6INT32": [0] * 6,
+    "VECTOR6UINT32": [0] * 6,
+}
 
 _REGISTERS = (
     ("output_int_register_", "INT32", 47),
@@ -562,28 +601,78 @@ _REGISTERS = (
 
 _OUTPUT_TYPES = {
     **dict.fromkeys(
-        ["timestamp", "actual_execution_time", "speed_scaling", "target_speed_fraction",
-         "actual_momentum", "actual_main_voltage", "actual_robot_voltage",
-         "actual_robot_current", "standard_analog_input0", "standard_analog_input1",
-         "standard_analog_output0", "standard_analog_output1", "io_current",
-         "tool_analog_input0", "tool_analog_input1", "tool_output_current", "tool_temperature",
-         "tcp_force_scalar", "payload", "speed_slider_fraction",
-         "joint_position_deviation_ratio", "collision_detection_ratio"], "DOUBLE"),
+        [
+            "timestamp",
+            "actual_execution_time",
+            "speed_scaling",
+            "target_speed_fraction",
+            "actual_momentum",
+            "actual_main_voltage",
+            "actual_robot_voltage",
+            "actual_robot_current",
+            "standard_analog_input0",
+            "standard_analog_input1",
+            "standard_analog_output0",
+            "standard_analog_output1",
+            "io_current",
+            "tool_analog_input0",
+            "tool_analog_input1",
+            "tool_output_current",
+            "tool_temperature",
+            "tcp_force_scalar",
+            "payload",
+            "speed_slider_fraction",
+            "joint_position_deviation_ratio",
+            "collision_detection_ratio",
+        ],
+        "DOUBLE",
+    ),
     **dict.fromkeys(
-        ["target_q", "target_qd", "target_qdd", "target_current", "target_moment",
-         "actual_q", "actual_qd", "actual_current", "joint_control_output",
-         "actual_TCP_pose", "actual_TCP_speed", "actual_TCP_force", "target_TCP_pose",
-         "target_TCP_speed", "joint_temperatures", "actual_joint_voltage", "payload_inertia",
-         "ft_raw_wrench", "actual_current_window", "actual_current_as_torque"], "VECTOR6D"),
-    **dict.fromkeys(["actual_tool_accelerometer", "payload_cog", "elbow_position",
-                     "elbow_velocity"], "VECTOR3D"),
-    **dict.fromkeys(["robot_mode", "safety_mode", "safety_status", "tool_output_voltage"],
-                    "INT32"),
-    **dict.fromkeys(["runtime_state", "robot_status_bits", "safety_status_bits",
-                     "analog_io_types", "tool_mode", "tool_analog_input_types",
-                     "output_bit_registers0_to_31", "output_bit_registers32_to_63",
-                     "input_bit_registers0_to_31", "input_bit_registers32_to_63",
-                     "script_control_line", "speed_slider_mask"], "UINT32"),
+        [
+            "target_q",
+            "target_qd",
+            "target_qdd",
+            "target_current",
+            "target_moment",
+            "actual_q",
+            "actual_qd",
+            "actual_current",
+            "joint_control_output",
+            "actual_TCP_pose",
+            "actual_TCP_speed",
+            "actual_TCP_force",
+            "target_TCP_pose",
+            "target_TCP_speed",
+            "joint_temperatures",
+            "actual_joint_voltage",
+            "payload_inertia",
+            "ft_raw_wrench",
+            "actual_current_window",
+            "actual_current_as_torque",
+        ],
+        "VECTOR6D",
+    ),
+    **dict.fromkeys(
+        ["actual_tool_accelerometer", "payload_cog", "elbow_position", "elbow_velocity"], "VECTOR3D"
+    ),
+    **dict.fromkeys(["robot_mode", "safety_mode", "safety_status", "tool_output_voltage"], "INT32"),
+    **dict.fromkeys(
+        [
+            "runtime_state",
+            "robot_status_bits",
+            "safety_status_bits",
+            "analog_io_types",
+            "tool_mode",
+            "tool_analog_input_types",
+            "output_bit_registers0_to_31",
+            "output_bit_registers32_to_63",
+            "input_bit_registers0_to_31",
+            "input_bit_registers32_to_63",
+            "script_control_line",
+            "speed_slider_mask",
+        ],
+        "UINT32",
+    ),
     **dict.fromkeys(["actual_digital_input_bits", "actual_digital_output_bits"], "UINT64"),
     "joint_mode": "VECTOR6INT32",
 }

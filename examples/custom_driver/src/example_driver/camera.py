@@ -30,7 +30,9 @@ class CheckerConfig:
         if not self.fps > 0:
             raise DriverConfigError(f"checker: fps must be positive, got {self.fps!r}")
         if self.size < self.square or self.square < 1:
-            raise DriverConfigError(f"checker: need 1 <= square <= size, got {self.square}/{self.size}")
+            raise DriverConfigError(
+                f"checker: need 1 <= square <= size, got {self.square}/{self.size}"
+            )
 
 
 class CheckerCamera(ConfiguredDriver):
@@ -56,4 +58,6 @@ class CheckerCamera(ConfiguredDriver):
             await asyncio.sleep(max(0.0, t0 + k / cfg.fps - now()))
             yy, xx = np.mgrid[0 : cfg.size, 0 : cfg.size]
             board = (((xx + k) // cfg.square + yy // cfg.square) % 2 * 255).astype(np.uint8)
-            yield Frame(self.name, np.repeat(board[..., None], 3, axis=2), capture_time=now(), seq=k)
+            yield Frame(
+                self.name, np.repeat(board[..., None], 3, axis=2), capture_time=now(), seq=k
+            )
