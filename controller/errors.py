@@ -14,10 +14,6 @@ class ConfigError(ValueError):
     """A controller option, CLI flag or config file value is invalid; the message names it."""
 
 
-class SafetyStop(Exception):
-    """The controller stopped the robot for a safety reason it could not hold through."""
-
-
 class WarmupError(Exception):
     """The controller could not finish its warm-up (no state, frames, features or action in time)."""
 
@@ -36,6 +32,5 @@ __all__ = [
     "PolicyConfigError",
     "PolicyError",
     "ProtocolError",
-    "SafetyStop",
     "WarmupError",
 ]

@@ -16,7 +16,6 @@ from drivers.errors import ConnectionLost, DriverError, ProtocolError
 log = logging.getLogger(__name__)
 
 DASHBOARD_PORT = 29999
-UNLOCK_DELAY = 5.0  # UR refuses to unlock a protective stop sooner than this
 #: Longest reply line accepted; real replies are well under 200 bytes.
 MAX_LINE = 4096
 

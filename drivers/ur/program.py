@@ -25,11 +25,11 @@ STATUS_HOLDING, STATUS_SERVOING, STATUS_REJECTED, STATUS_STOPPED, STATUS_SPEED =
 #: Output registers keep their value after a program ends, so it is still readable then.
 STATUS_WATCHDOG = 6
 STATUS_NAMES = {
-    1: "HOLDING",
-    2: "SERVOING",
-    3: "REJECTED_JUMP",
-    4: "STOPPED",
-    5: "SPEED",
+    STATUS_HOLDING: "HOLDING",
+    STATUS_SERVOING: "SERVOING",
+    STATUS_REJECTED: "REJECTED_JUMP",
+    STATUS_STOPPED: "STOPPED",
+    STATUS_SPEED: "SPEED",
     6: "WATCHDOG",
 }
 

@@ -162,12 +162,6 @@ def encode_data(recipe: Recipe, values: dict[str, Any], *, with_id: bool = True)
     return encode(DATA_PACKAGE, (bytes([recipe.recipe_id]) if with_id else b"") + body)
 
 
-def encode_text(message: str, source: str = "vla-controller", level: int = 3) -> bytes:
-    msg = message.encode("utf-8")[:255]
-    src = source.encode("utf-8")[:255]
-    return encode(TEXT_MESSAGE, bytes([len(msg)]) + msg + bytes([len(src)]) + src + bytes([level]))
-
-
 # -------------------------------------------------------------------- decode
 
 

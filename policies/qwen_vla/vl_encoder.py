@@ -278,8 +278,3 @@ class VLEncoder:
     def encode(self, images: Sequence[np.ndarray], instruction: str) -> torch.Tensor:
         """One sample -> (1, 1, hidden). The function both real time and the cache call."""
         return self.forward(self.preprocess([(images, instruction)]))
-
-    def encode_batch(self, samples: Sequence[Sample]) -> torch.Tensor:
-        """Several samples, padded -> (B, 1, hidden); equal to `encode` per sample
-        up to float rounding (not bitwise: batched matmuls may sum differently)."""
-        return self.forward(self.preprocess(samples))

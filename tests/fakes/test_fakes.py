@@ -77,8 +77,13 @@ async def test_camera_shows_motion_and_can_stall(virtual_clock):
     assert frames[0].time_source == "synthetic"
 
 
-def test_render_is_deterministic():
-    np.testing.assert_array_equal(render(32, 32, 1.5, 3), render(32, 32, 1.5, 3))
+def test_render_shows_time_in_the_disc_and_the_sequence_in_the_corner():
+    a, b = render(32, 32, 1.5, 3), render(32, 32, 2.5, 3)
+    assert not np.array_equal(a, b)  # the disc moves with capture time
+    assert np.all(a[0:4, 0:4] == 3) and np.all(render(32, 32, 1.5, 260)[0:4, 0:4] == 4)
+    np.testing.assert_array_equal(
+        a[4:, 4:], render(32, 32, 1.5, 7)[4:, 4:]
+    )  # seq only in the corner
 
 
 def test_fake_option_errors_are_named():
@@ -91,10 +96,16 @@ def test_fake_option_errors_are_named():
 
 
 def test_latency_distributions_are_seeded():
-    lat = Latency.parse("normal(0.3, 0.05)")
-    a = [lat.draw(np.random.default_rng(1)) for _ in range(3)]
-    b = [lat.draw(np.random.default_rng(1)) for _ in range(3)]
-    assert a == b
+    def burned(seed: int) -> list[float]:
+        spent: list[float] = []
+        policy = FakePolicy(vl_latency="normal(0.3, 0.05)", seed=seed, burn=spent.append)
+        for _ in range(5):
+            policy.encode_vl([], "x")
+        return spent
+
+    assert burned(1) == burned(1)  # a seed replays the same latencies
+    assert burned(1) != burned(2)
+    assert len(set(burned(1))) == 5  # drawn, not fixed
     u = Latency.parse("uniform(0.2, 0.4)")
     rng = np.random.default_rng(0)
     assert all(0.2 <= u.draw(rng) <= 0.4 for _ in range(100))
