@@ -12,6 +12,7 @@ import contextlib
 import logging
 
 from drivers.errors import ConnectionLost, DriverError, ProtocolError
+from drivers.ur import transport
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class DashboardClient:
     async def connect(self) -> None:
         try:
             async with asyncio.timeout(self.timeout):
-                self._reader, self._writer = await asyncio.open_connection(
+                self._reader, self._writer = await transport.open_connection(
                     self.host, self.port, limit=MAX_LINE
                 )
                 self.banner = await self._read_line(self._reader, "greeting")

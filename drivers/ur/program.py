@@ -15,6 +15,7 @@ from importlib import resources
 from string import Template
 
 from drivers.errors import ConnectionLost, DriverConfigError
+from drivers.ur import transport
 
 SCRIPT_PORT = 30002
 
@@ -126,7 +127,7 @@ async def upload(host: str, script: str, *, port: int = SCRIPT_PORT, limit_s: fl
     """Send the program; a new script replaces whatever program the robot was running."""
     try:
         async with asyncio.timeout(limit_s):
-            _reader, writer = await asyncio.open_connection(host, port)
+            _reader, writer = await transport.open_connection(host, port)
             try:
                 writer.write(script.encode("utf-8") + b"\n")
                 await writer.drain()

@@ -23,6 +23,7 @@ from typing import Any
 
 from drivers.errors import ConnectionLost, ProtocolError
 from drivers.ur import rtde_codec as codec
+from drivers.ur import transport
 from drivers.ur.rtde_codec import Recipe
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class RtdeClient:
         """Open the link, agree on a protocol version and read the controller version."""
         try:
             async with asyncio.timeout(self.timeout):
-                self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+                self._reader, self._writer = await transport.open_connection(self.host, self.port)
         except (OSError, TimeoutError) as exc:
             raise ConnectionLost(
                 f"RTDE: cannot connect to {self.host}:{self.port} within {self.timeout:g} s: {exc!r}"

@@ -25,9 +25,9 @@ from policies.fake import FakePolicy
 async def test_controller_drives_the_simulated_ur5_over_rtde(mode):
     from drivers.ur.robot import UR5Robot
     from drivers.ur.sim import SimConfig, UrSimulator
-    from tests.ur.conftest import next_host
+    from tests.ur.conftest import loopback_host
 
-    host = next_host()
+    host = loopback_host()
     async with UrSimulator(SimConfig(host=host)) as sim:
         start_q = sim.arm.q.copy()
         robot = UR5Robot.from_spec("", {"host": host, "control_mode": mode})

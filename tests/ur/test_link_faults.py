@@ -16,18 +16,21 @@ import pytest
 from drivers.base import now
 from drivers.errors import ConnectionLost, ProtocolError
 from drivers.ur import robot as robot_mod
+from drivers.ur import transport as ur_transport
 from drivers.ur.dashboard import MAX_LINE, DashboardClient
 from drivers.ur.robot import UR5Robot
 from drivers.ur.sim import SimConfig, UrSimulator
-from tests.ur.conftest import next_host
+from tests.ur.conftest import memory_host
 from tests.ur.util import fresh_state, make, ready_state, until
+
+pytestmark = pytest.mark.virtual_clock
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @asynccontextmanager
 async def server(host: str, handler: Handler, port: int = 29999) -> AsyncIterator[None]:
-    srv = await asyncio.start_server(handler, host, port)
+    srv = await ur_transport.start_server(handler, host, port)
     try:
         yield
     finally:
@@ -87,7 +90,7 @@ async def test_endless_or_missing_greeting(host: str) -> None:
     async with server(host, endless_banner):
         with pytest.raises(ProtocolError, match=f"greeting longer than {MAX_LINE} bytes"):
             await DashboardClient(host, timeout=2.0).connect()
-    other = next_host()
+    other = memory_host()
     async with server(other, silent):
         t0 = now()
         with pytest.raises(ConnectionLost, match=r"no greeting within 0\.3 s"):
@@ -103,7 +106,6 @@ def sim_without_dashboard(host: str, **kw: object) -> UrSimulator:
     return UrSimulator(SimConfig(host=host, dashboard_port=29998, **kw))
 
 
-@pytest.mark.virtual_clock
 @pytest.mark.parametrize(
     "handler",
     [silent, endless_banner, greets_then(b"\xff" * 10 + b"\n")],
@@ -120,7 +122,6 @@ async def test_a_broken_dashboard_is_a_warning(
         assert robot.session_failures == 0
 
 
-@pytest.mark.virtual_clock
 async def test_local_control_still_fails_the_connect(host: str) -> None:
     async with UrSimulator(SimConfig(host=host, remote_control=False)):
         with pytest.raises(ConnectionLost, match="Local control"):
@@ -128,7 +129,6 @@ async def test_local_control_still_fails_the_connect(host: str) -> None:
                 pass
 
 
-@pytest.mark.virtual_clock
 async def test_the_supervisor_survives_any_exception(
     sim: UrSimulator, host: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,7 +151,6 @@ async def test_the_supervisor_survives_any_exception(
         await ready_state(robot, 5.0)  # still reconnecting: the link is back
 
 
-@pytest.mark.virtual_clock
 async def test_a_failing_restart_latches_instead_of_dying(
     sim: UrSimulator, host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,7 +173,6 @@ async def test_a_failing_restart_latches_instead_of_dying(
 # ------------------------------------------------------------------ bounded exits
 
 
-@pytest.mark.virtual_clock
 async def test_stop_and_exit_are_bounded_on_a_half_open_link(sim: UrSimulator, host: str):
     robot = make(host, stop_timeout=0.3)
     async with robot:
@@ -188,7 +186,6 @@ async def test_stop_and_exit_are_bounded_on_a_half_open_link(sim: UrSimulator, h
     assert now() - t0 <= 0.3 + 2 * robot_mod.TASK_CANCEL_BOUND + 0.5 + 1e-6
 
 
-@pytest.mark.virtual_clock
 async def test_close_does_not_hang_on_a_task_that_ignores_cancellation(
     sim: UrSimulator, host: str
 ) -> None:
@@ -219,7 +216,6 @@ async def test_close_does_not_hang_on_a_task_that_ignores_cancellation(
 # ------------------------------------------------------------------ robot text messages
 
 
-@pytest.mark.virtual_clock
 @pytest.mark.parametrize("protocol,size", [(2, 250), (1, 10_000)])
 async def test_a_text_flood_is_throttled_and_cut_short(
     host: str, protocol: int, size: int, caplog: pytest.LogCaptureFixture

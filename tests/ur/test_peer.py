@@ -57,7 +57,7 @@ async def _wait_for_sim(host: str) -> None:
             await client.close()
 
 
-async def test_ur_rtde_reads_the_simulator(host: str) -> None:
+async def test_ur_rtde_reads_the_simulator(loopback: str) -> None:
     reason = _peer_available()
     if reason:
         pytest.skip(reason)
@@ -66,17 +66,17 @@ async def test_ur_rtde_reads_the_simulator(host: str) -> None:
         "-m",
         "drivers.ur.sim",
         "--host",
-        host,
+        loopback,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        await _wait_for_sim(host)
+        await _wait_for_sim(loopback)
         peer = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
             PEER,
-            host,
+            loopback,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )

@@ -1,4 +1,4 @@
-"""The UR5 driver end to end against the simulator, over loopback sockets."""
+"""The UR5 driver end to end against the simulator, reached in memory on virtual time."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from drivers.ur.rtde_client import RtdeClient
 from drivers.ur.rtde_codec import RecipeRefused
 from drivers.ur.sim import SimConfig, UrSimulator
 from drivers.ur.sim.arm import RUNTIME_PLAYING, RUNTIME_STOPPED
+
+pytestmark = pytest.mark.virtual_clock  # the simulator is reached in memory
 
 
 def make(host: str, **kw: object) -> UR5Robot:
@@ -110,7 +112,6 @@ async def test_state_clock_tracks_the_controller_clock(sim: UrSimulator, host: s
     assert abs(offsets[-1] - offsets[50]) < 0.02
 
 
-@pytest.mark.virtual_clock  # UR's 5 s unlock wait, in virtual time
 async def test_protective_stop_hold_then_recovery(sim: UrSimulator, host: str) -> None:
     async with make(host, auto_recover=True) as robot:
         s = await ready_state(robot)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from drivers.ur import transport as ur_transport
 from drivers.ur.sim import codec
 from drivers.ur.sim.arm import (
     RUNTIME_PAUSED,
@@ -108,7 +109,7 @@ class UrSimulator:
         self.scripts_received = 0
         #: ground truth of what was sent and taken, while recording (see `record()`)
         self.recorder: SimRecorder | None = None
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server | ur_transport.MemoryServer] = []
         self._tick_task: asyncio.Task[None] | None = None
         self._conn_tasks: set[asyncio.Task[Any]] = set()
 
@@ -129,7 +130,9 @@ class UrSimulator:
                 (c.dashboard_port, self._dashboard_client),
                 (c.script_port, self._script_client),
             ):
-                self._servers.append(await asyncio.start_server(self._track(handler), c.host, port))
+                self._servers.append(
+                    await ur_transport.start_server(self._track(handler), c.host, port)
+                )
         except BaseException:
             await self.close()
             raise
