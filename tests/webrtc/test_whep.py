@@ -1,4 +1,8 @@
-"""WHEP client against a fixture server behaving like MediaMTX's WHEP endpoint."""
+"""WHEP client against a fixture server behaving like MediaMTX's WHEP endpoint.
+
+In this process on the virtual clock (see conftest.py); the killed sender is a
+process of its own, on real time, marked `peer`.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ def whep(url: str, **options: object) -> WhepCamera:
     return WhepCamera.from_spec(url, options)
 
 
+@pytest.mark.virtual_clock
 async def test_whep_pulls_frames_follows_redirect_and_deletes_on_close() -> None:
     fixture = WhepTestServer("wrist", token="tk")
     await fixture.start()
@@ -44,6 +49,7 @@ async def test_whep_pulls_frames_follows_redirect_and_deletes_on_close() -> None
         await fixture.stop()
 
 
+@pytest.mark.virtual_clock
 async def test_wrong_token_is_a_fatal_configuration_error() -> None:
     fixture = WhepTestServer("wrist", token="right")
     await fixture.start()
@@ -81,6 +87,7 @@ async def fixture_process(port: int) -> AsyncIterator[tuple[asyncio.subprocess.P
             await proc.wait()
 
 
+@pytest.mark.peer  # the sender is a process of its own, killed: real sockets, real time
 async def test_killed_sender_goes_stale_within_watchdog_and_client_reconnects() -> None:
     loop = asyncio.get_running_loop()
     watchdog = 1.0
@@ -100,7 +107,7 @@ async def test_killed_sender_goes_stale_within_watchdog_and_client_reconnects() 
             await eventually(lambda: cam.stale, watchdog + 2.0, "the camera to go stale")
             assert loop.time() - killed <= watchdog + 1.0
             seq = cam.newest.seq
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
             assert cam.newest.seq == seq, "frames while the sender is dead"
             assert cam.failures >= 1  # reconnect attempts against a dead server
             async with fixture_process(port):

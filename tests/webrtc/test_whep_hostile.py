@@ -20,6 +20,8 @@ from drivers.webrtc.whep import WhepCamera
 from drivers.webrtc.whep_testserver import MISBEHAVIOURS, WhepTestServer
 from tests.webrtc.helpers import eventually
 
+pytestmark = pytest.mark.virtual_clock  # both peers on this loop: see conftest.py
+
 FAST = {"backoff_s": 0.05, "backoff_max_s": 0.2, "connect_timeout_s": 10, "watchdog_s": 2.0}
 
 

@@ -31,6 +31,8 @@ from drivers.webrtc.whip_guard import HostPolicy, RateLimiter, bearer_matches, f
 from tests.webrtc.helpers import eventually
 from tests.webrtc.whip_flood import open_fds
 
+pytestmark = pytest.mark.virtual_clock  # both peers on this loop: see conftest.py
+
 SDP = {"Content-Type": "application/sdp"}
 
 
