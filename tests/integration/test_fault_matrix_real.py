@@ -10,7 +10,8 @@ The simulator's view is checked to be independent of the driver: with a
 clock mapping planted in the driver that absorbs the delay (the defect of
 issue 8), the invariant checker, which has only the driver's word for
 capture times, sees nothing wrong; the simulator's records count the stale
-commands. The simulator's recording hooks are tested on virtual time first.
+commands. The simulator's recording hooks are tested on virtual time first
+(in memory); the rows run on real time over loopback sockets, marked `peer`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from controller.fault_matrix_real import ROWS, Row, Timing, measure, to_markdown
 from drivers.ur.robot import ClockMap, UR5Robot
 from drivers.ur.sim import SimConfig, UrSimulator
 from drivers.ur.sim.record import SimRecorder
-from tests.ur.conftest import loopback_host
+from tests.ur.conftest import memory_host
 from tests.ur.util import make, ready_state
 
 #: Shorter than the matrix's own phases, so three rows fit a CI budget on 2 cores.
@@ -46,7 +47,7 @@ def _show(row: Row) -> str:
 async def test_samples_carry_their_serial_and_keep_order_when_a_delay_ends() -> None:
     """Every sample is traceable to when the simulator produced it; removing a link delay
     never lets new packets overtake the delayed ones (TCP keeps order)."""
-    host = loopback_host()
+    host = memory_host()
     async with UrSimulator(SimConfig(host=host)) as sim, make(host) as robot:
         recorder = sim.record()
         await ready_state(robot)
@@ -74,9 +75,10 @@ async def test_samples_carry_their_serial_and_keep_order_when_a_delay_ends() -> 
         assert recorder.inputs and "input_int_register_24" in recorder.inputs[-1].values
 
 
-# ------------------------------------------------------------------ rows (real time)
+# ------------------------------------------------------------------ rows (real time, marked peer)
 
 
+@pytest.mark.peer
 async def test_a_persons_dashboard_stop_is_held_never_undone_and_resumed_on_request() -> None:
     row = await measure(ROW["dashboard_stop"], FAST)
     shown = _show(row)
@@ -94,6 +96,7 @@ async def test_a_persons_dashboard_stop_is_held_never_undone_and_resumed_on_requ
     assert row.ok, shown
 
 
+@pytest.mark.peer
 async def test_a_dropped_link_is_a_stop_of_our_own_and_recovers() -> None:
     row = await measure(ROW["link_drop"], FAST)
     shown = _show(row)
@@ -107,6 +110,7 @@ async def test_a_dropped_link_is_a_stop_of_our_own_and_recovers() -> None:
     assert row.violations == [] and row.ok, shown
 
 
+@pytest.mark.peer
 async def test_a_steady_delay_holds_as_stale_and_no_command_uses_old_state() -> None:
     row = await measure(ROW["delay_steady"], FAST)
     shown = _show(row)
@@ -136,6 +140,7 @@ def _plant_absorbing_clock(robot: UR5Robot) -> None:
     robot.clock = AbsorbingClock()
 
 
+@pytest.mark.peer
 async def test_the_simulators_view_catches_stale_commands_the_driver_hides() -> None:
     row = await measure(ROW["delay_steady"], FAST, prepare=_plant_absorbing_clock)
     shown = _show(row)
@@ -148,6 +153,7 @@ async def test_the_simulators_view_catches_stale_commands_the_driver_hides() -> 
     assert not row.ok and any("stale state" in b for b in row.broken), shown
 
 
+@pytest.mark.peer
 async def test_a_stop_while_connecting_ends_at_once_and_leaves_no_driver_task() -> None:
     from controller.fault_matrix_real import exit_row
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from controller.fault_matrix_webrtc import (
     INTRUDER_EXPECTED,
     ROWS,
@@ -49,6 +51,7 @@ async def _measure(name: str, **options: object) -> Row:
         return await measure(ROW[name], FAST, options)
 
 
+@pytest.mark.peer
 async def test_a_killed_publisher_is_held_as_stale_and_a_new_one_recovers() -> None:
     row = await _measure("whip_publisher_killed")
     shown = _show(row)
@@ -65,6 +68,7 @@ async def test_a_killed_publisher_is_held_as_stale_and_a_new_one_recovers() -> N
     assert row.ok, shown
 
 
+@pytest.mark.peer
 async def test_an_intruder_is_refused_and_the_controller_never_holds_for_the_camera() -> None:
     row = await _measure("whip_intruder")
     shown = _show(row)
@@ -77,6 +81,7 @@ async def test_an_intruder_is_refused_and_the_controller_never_holds_for_the_cam
     assert row.violations == [], shown
 
 
+@pytest.mark.peer
 async def test_the_intruder_row_reads_the_real_answers() -> None:
     """A camera that accepts the intruder's Host name answers 409, not 403: the row breaks."""
     row = await _measure("whip_intruder", allowed_hosts=("evil.example",))

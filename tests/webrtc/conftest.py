@@ -1,37 +1,21 @@
-"""Fixtures for the WebRTC camera tests: loopback-only ICE, and what the virtual clock needs.
+"""Fixtures for the WebRTC camera tests: loopback-only ICE, aiortc fit for the virtual clock.
 
 Most of these tests run on the virtual clock although aiortc talks over real
-loopback sockets (UDP for ICE/DTLS/RTP, TCP for the WHIP/WHEP HTTP exchange).
-That is sound here because both peers run on the test's own loop: on loopback
-the kernel delivers a datagram or a segment within the sending call, so when
-the loop finds nothing ready there is nothing in flight either, and the clock
-may jump. Two things would otherwise let it jump too early, and are fixed below:
-
-* aiortc decodes on a thread of its own and posts frames back to the loop; the
-  virtual loop only waits for work it can see (`run_in_executor`), so each
-  frame handed to that thread is counted as outstanding work until the thread
-  has finished it;
-* the painted test frames carry `time.monotonic()`; on the virtual loop they
-  carry the loop's time, the clock the receiver compares them with.
-
-Tests that need real time (a peer in another process killed mid-stream,
-Chromium, the real-time copy of the 2 Hz consumer) are marked `peer`.
+loopback sockets (UDP for ICE/DTLS/RTP, TCP for the WHIP/WHEP HTTP exchange):
+both peers run on the test's own loop, and `virtual_media` says why that is
+sound and what it takes. Tests that need real time (a peer in another process
+killed mid-stream, Chromium, the real-time copy of the 2 Hz consumer) are
+marked `peer`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import queue
-import time
-import types
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from aiortc import rtcrtpreceiver
 
-from controller.clock import VirtualTimeLoop
-from drivers.webrtc import ice, paint
+from drivers.webrtc import ice
+from tests.webrtc import virtual_media
 
 
 @pytest.fixture(autouse=True)
@@ -45,55 +29,7 @@ def loopback_ice() -> Iterator[None]:
         yield
 
 
-class _CountedDecodeQueue(queue.Queue):  # type: ignore[type-arg]
-    """aiortc's decoder input queue, with each item counted as work in flight.
-
-    `put` runs on the loop (aiortc's receiver); `get` runs on the decoder
-    thread, which asks for the next item only once the previous one's frames
-    were posted to the loop, so that is when the previous item is done.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._loop: VirtualTimeLoop | None = None
-        self._holding = False
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        if isinstance(loop, VirtualTimeLoop):
-            self._loop = loop
-            loop._real_jobs += 1  # the loop waits in real time, its clock stands still
-        super().put(item, block, timeout)
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if self._holding:
-            self._done()
-        item = super().get(block, timeout)
-        self._holding = item is not None
-        if item is None:  # the thread ends after this one
-            self._done()
-        return item
-
-    def _done(self) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._finished, loop)
-
-    @staticmethod
-    def _finished(loop: VirtualTimeLoop) -> None:
-        loop._real_jobs -= 1
-
-
-def _painting_clock() -> float:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return time.monotonic()
-    return loop.time() if isinstance(loop, VirtualTimeLoop) else time.monotonic()
-
-
 @pytest.fixture(autouse=True)
 def virtual_time_media(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Decodes counted as outstanding work; frames painted with the loop's clock."""
-    monkeypatch.setattr(rtcrtpreceiver, "queue", types.SimpleNamespace(Queue=_CountedDecodeQueue))
-    monkeypatch.setattr(paint, "time", types.SimpleNamespace(monotonic=_painting_clock))
+    """Every test here: decodes counted, frames painted with the loop's clock."""
+    virtual_media.install(monkeypatch)
