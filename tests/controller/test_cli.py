@@ -77,7 +77,7 @@ def test_list_drivers_names_builtins(capsys):
         assert name in out
 
 
-def test_config_file_with_flag_overrides(tmp_path):
+def test_config_file_with_flag_overrides(capsys, tmp_path):
     cfg = tmp_path / "run.toml"
     stats = tmp_path / "s.json"
     cfg.write_text(
@@ -88,21 +88,17 @@ def test_config_file_with_flag_overrides(tmp_path):
         '[[cameras]]\nspec = "fake://wrist"\n'
         '[policy]\nname = "fake"\nvl_latency = 0.1\naction_latency = 0.005\n'
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "controller", "--config", str(cfg), "--hz", "10"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, out, err = run_cli(capsys, "--config", str(cfg), "--hz", "10")  # in this process
+    assert code == 0, err[-3000:]
     s = json.loads(stats.read_text())
     assert s["hz_target"] == 10.0
     assert s["cameras"] == ["fake://front", "fake://wrist"]
     assert s["actions_sent"] >= 10
     assert s["feature_age_at_use_ms"]["count"] == s["actions_sent"]
-    assert "controller summary" in proc.stdout
+    assert "controller summary" in out
 
 
+@pytest.mark.peer  # a process of its own, on real time
 def test_sigint_stops_the_run_cleanly(tmp_path):
     import signal
     import time

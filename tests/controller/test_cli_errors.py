@@ -141,6 +141,7 @@ def _limited_memory() -> None:
 
 
 @pytest.mark.parametrize("kind", ["/dev/zero", "fifo"])
+@pytest.mark.peer  # a process of its own, on real time
 def test_endless_or_blocking_config_is_refused_without_reading(tmp_path, kind):
     path = kind
     if kind == "fifo":
@@ -400,6 +401,7 @@ def _signal_on(proc: subprocess.Popen[str], needle: str, sig: signal.Signals) ->
     return seen
 
 
+@pytest.mark.peer  # a process of its own, on real time
 def test_sighup_mid_run_stops_the_robot_and_still_reports(tmp_path):
     with _running(tmp_path) as (proc, stats):
         seen = _signal_on(proc, ACTIVE, signal.SIGHUP)
@@ -413,6 +415,7 @@ def test_sighup_mid_run_stops_the_robot_and_still_reports(tmp_path):
     assert summary["exit_code"] == 129
 
 
+@pytest.mark.peer  # a process of its own, on real time
 def test_sigterm_while_connecting_stops_at_once(tmp_path):
     with _running(tmp_path, "--robot-option", "connect_delay=30") as (proc, stats):
         seen = _wait_for(proc, "compute executor on")  # the robot connects next
@@ -430,6 +433,7 @@ def test_sigterm_while_connecting_stops_at_once(tmp_path):
     assert summary["actions_sent"] == 0
 
 
+@pytest.mark.peer  # a process of its own, on real time
 def test_second_signal_cancels_a_hanging_stop_and_exits_128_plus_n(tmp_path):
     with _running(tmp_path, "--robot-option", "stop_hangs=true") as (proc, stats):
         seen = _signal_on(proc, ACTIVE, signal.SIGINT)
@@ -458,6 +462,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.peer  # a process of its own, on real time
 def test_sighup_before_the_loop_starts_is_recorded_and_nothing_connects(tmp_path):
     stats = tmp_path / "s.json"
     proc = subprocess.run(
@@ -490,6 +495,7 @@ def test_handlers_are_restored_after_an_in_process_run(capsys):
 # -- the operator's last two paths: a resume signal, an exit a stuck thread cannot block
 
 
+@pytest.mark.peer  # a process of its own, on real time
 def test_sigusr1_asks_the_robot_to_resume_and_never_kills_the_run(tmp_path: Path) -> None:
     with _running(tmp_path, "--duration", "6") as (proc, stats):
         seen = _signal_on(proc, ACTIVE, signal.SIGUSR1)
@@ -500,6 +506,7 @@ def test_sigusr1_asks_the_robot_to_resume_and_never_kills_the_run(tmp_path: Path
     assert json.loads(stats.read_text())["exit_code"] == 0
 
 
+@pytest.mark.peer  # a process of its own, on real time
 def test_a_model_thread_that_never_returns_cannot_keep_the_process_alive(tmp_path: Path) -> None:
     """The VL job sleeps for a day: warm-up fails, the arm is stopped, and the process still exits."""
     config = tmp_path / "c.toml"

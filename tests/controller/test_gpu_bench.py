@@ -66,6 +66,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.peer  # the benchmark as a process of its own, on real time
 def test_cpu_run_records_every_row_and_writes_the_table(tmp_path):
     out = tmp_path / "bench"
     env = _env(tmp_path)
@@ -154,6 +155,7 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.peer  # the benchmark as a process of its own, on real time
 def test_sigterm_mid_run_ends_the_worker_and_keeps_the_rows_so_far(tmp_path):
     """An outer `timeout` sends SIGTERM: the figures measured so far must survive it."""
     out = tmp_path / "bench"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 pytest_plugins = ["pytester"]
 
 
+@pytest.mark.peer  # pytest in a process of its own
 def test_harness_fixtures_reach_an_outside_project(pytester):
     pytester.makeini(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from controller.camera_bench import run
 
 
+@pytest.mark.peer  # the sender is a process of its own; real time is what is measured
 async def test_bench_reports_latency_and_cpu() -> None:
     result = await run(seconds=1.5, fps=30, warmup=0.25)
     assert result["frames"] > 20
