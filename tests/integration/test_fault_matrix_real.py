@@ -30,7 +30,7 @@ from tests.ur.conftest import memory_host
 from tests.ur.util import make, ready_state
 
 #: Shorter than the matrix's own phases, so three rows fit a CI budget on 2 cores.
-FAST = Timing(warm=2.0, watch=3.0, fault=2.0, after=2.0)
+FAST = Timing(warm=1.5, watch=2.0, fault=1.5, after=1.5)
 
 ROW = {r.name: r for r in ROWS}
 
