@@ -162,3 +162,14 @@ def test_a_simulator_session_replays_identically_on_virtual_time() -> None:
     assert len(first) == 20
     assert first[-1][2][0] > first[0][2][0]  # the arm moved
     assert first == second  # every time stamp and every joint value
+
+
+def test_the_simulator_program_refuses_an_in_memory_host(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from drivers.ur.sim.__main__ import main as sim_main
+
+    with pytest.raises(SystemExit) as exited:
+        sim_main(["--host", "ur-sim.invalid"])
+    assert exited.value.code == 2
+    assert "--host ur-sim.invalid: a name under .invalid" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Helpers shared by the UR driver tests (simulator on loopback, usually on virtual time)."""
+"""Helpers shared by the UR driver tests (the simulator reached in memory, on virtual time)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import contextlib
 import logging
 
 from drivers.ur.sim.server import SimConfig, UrSimulator
+from drivers.ur.transport import is_memory_host
 
 
 def _version(text: str) -> tuple[int, int, int, int]:
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    if is_memory_host(args.host):
+        # nothing outside this process could reach it: refuse rather than sit there unreachable
+        ap.error(f"--host {args.host}: a name under .invalid lives in one process's memory only")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
