@@ -26,7 +26,7 @@ from controller.fault_matrix_real import ROWS, Row, Timing, measure, to_markdown
 from drivers.ur.robot import ClockMap, UR5Robot
 from drivers.ur.sim import SimConfig, UrSimulator
 from drivers.ur.sim.record import SimRecorder
-from tests.ur.conftest import memory_host
+from tests.ur.conftest import next_host
 from tests.ur.util import make, ready_state
 
 #: Shorter than the matrix's own phases, so three rows fit a CI budget on 2 cores.
@@ -47,7 +47,7 @@ def _show(row: Row) -> str:
 async def test_samples_carry_their_serial_and_keep_order_when_a_delay_ends() -> None:
     """Every sample is traceable to when the simulator produced it; removing a link delay
     never lets new packets overtake the delayed ones (TCP keeps order)."""
-    host = memory_host()
+    host = next_host()
     async with UrSimulator(SimConfig(host=host)) as sim, make(host) as robot:
         recorder = sim.record()
         await ready_state(robot)

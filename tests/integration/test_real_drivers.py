@@ -59,9 +59,9 @@ async def _drive_the_simulated_ur5(host: str, mode: str, *, virtual: bool) -> No
 @pytest.mark.parametrize("mode", ["servoj", "speedj"])
 async def test_controller_drives_the_simulated_ur5_over_rtde(mode: str) -> None:
     """The simulator reached in memory, on the virtual clock (`drivers.ur.transport`)."""
-    from tests.ur.conftest import memory_host
+    from tests.ur.conftest import next_host
 
-    await _drive_the_simulated_ur5(memory_host(), mode, virtual=True)
+    await _drive_the_simulated_ur5(next_host(), mode, virtual=True)
 
 
 @pytest.mark.peer

@@ -1,9 +1,9 @@
 """UR test fixtures: a simulator reached in memory (virtual time), or over loopback (real time).
 
-`host` names an in-memory host (`drivers.ur.transport`: a name under `.invalid`):
-the driver and the simulator talk through the same stream code as over TCP,
-without the kernel, so the tests run on the virtual clock and replay
-identically. Tests that need real sockets (a simulator in another process, a
+`host` (and `next_host()`) names an in-memory host (`drivers.ur.transport`: a
+name under `.invalid`): the driver and the simulator talk through the same
+stream code as over TCP, without the kernel, so the tests run on the virtual
+clock and replay identically. Tests that need real sockets (a simulator in another process, a
 peer written by someone else) take `loopback_host()` instead and are marked `peer`.
 """
 
@@ -27,14 +27,14 @@ def loopback_host() -> str:
     return f"127.0.0.{2 + (next(_loopback) - 2) % 240}"
 
 
-def memory_host() -> str:
+def next_host() -> str:
     """A host of its own in this process's memory (never resolves, never a real robot)."""
     return f"ur-sim-{next(_memory)}.invalid"
 
 
 @pytest.fixture
 def host() -> str:
-    return memory_host()
+    return next_host()
 
 
 @pytest.fixture

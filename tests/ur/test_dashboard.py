@@ -9,13 +9,13 @@ import pytest
 from drivers.errors import ConnectionLost, DriverError
 from drivers.ur.dashboard import DashboardClient
 from drivers.ur.sim import SimConfig, UrSimulator
-from tests.ur.conftest import memory_host
+from tests.ur.conftest import next_host
 
 pytestmark = pytest.mark.virtual_clock  # in memory: UR's unlock wait costs no real time
 
 
 async def test_power_on_brake_release_and_status():
-    host = memory_host()
+    host = next_host()
     async with (
         UrSimulator(SimConfig(host=host, powered=False)) as sim,
         DashboardClient(host) as dash,
@@ -35,7 +35,7 @@ async def test_power_on_brake_release_and_status():
 
 
 async def test_unlock_respects_the_five_second_rule():
-    host = memory_host()
+    host = next_host()
     async with (
         UrSimulator(SimConfig(host=host, unlock_delay=0.5)) as sim,
         DashboardClient(host) as dash,
@@ -48,7 +48,7 @@ async def test_unlock_respects_the_five_second_rule():
 
 
 async def test_unreachable_or_closed_dashboard_is_connection_lost():
-    host = memory_host()
+    host = next_host()
     with pytest.raises(ConnectionLost, match=host):
         async with DashboardClient(host, timeout=0.5):
             pass

@@ -1,7 +1,7 @@
 """A hostile or broken peer never ends the driver's reconnects, and never hangs its exit.
 
 Dashboard replies are read against tiny asyncio servers written here; the
-driver runs against the simulator on virtual time.
+driver runs against the simulator; all in memory, on virtual time.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from drivers.ur import transport as ur_transport
 from drivers.ur.dashboard import MAX_LINE, DashboardClient
 from drivers.ur.robot import UR5Robot
 from drivers.ur.sim import SimConfig, UrSimulator
-from tests.ur.conftest import memory_host
+from tests.ur.conftest import next_host
 from tests.ur.util import fresh_state, make, ready_state, until
-
-pytestmark = pytest.mark.virtual_clock
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -64,6 +62,7 @@ async def endless_banner(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 # ------------------------------------------------------------------ dashboard client
 
 
+@pytest.mark.virtual_clock
 @pytest.mark.parametrize(
     "handler,error,match",
     [
@@ -86,11 +85,12 @@ async def test_bad_replies_are_clear_errors(host: str, handler: Handler, error: 
             await dash.robot_mode()  # the out-of-step stream was dropped
 
 
+@pytest.mark.virtual_clock
 async def test_endless_or_missing_greeting(host: str) -> None:
     async with server(host, endless_banner):
         with pytest.raises(ProtocolError, match=f"greeting longer than {MAX_LINE} bytes"):
             await DashboardClient(host, timeout=2.0).connect()
-    other = memory_host()
+    other = next_host()
     async with server(other, silent):
         t0 = now()
         with pytest.raises(ConnectionLost, match=r"no greeting within 0\.3 s"):
@@ -106,6 +106,7 @@ def sim_without_dashboard(host: str, **kw: object) -> UrSimulator:
     return UrSimulator(SimConfig(host=host, dashboard_port=29998, **kw))
 
 
+@pytest.mark.virtual_clock
 @pytest.mark.parametrize(
     "handler",
     [silent, endless_banner, greets_then(b"\xff" * 10 + b"\n")],
@@ -122,6 +123,7 @@ async def test_a_broken_dashboard_is_a_warning(
         assert robot.session_failures == 0
 
 
+@pytest.mark.virtual_clock
 async def test_local_control_still_fails_the_connect(host: str) -> None:
     async with UrSimulator(SimConfig(host=host, remote_control=False)):
         with pytest.raises(ConnectionLost, match="Local control"):
@@ -129,6 +131,7 @@ async def test_local_control_still_fails_the_connect(host: str) -> None:
                 pass
 
 
+@pytest.mark.virtual_clock
 async def test_the_supervisor_survives_any_exception(
     sim: UrSimulator, host: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,6 +154,7 @@ async def test_the_supervisor_survives_any_exception(
         await ready_state(robot, 5.0)  # still reconnecting: the link is back
 
 
+@pytest.mark.virtual_clock
 async def test_a_failing_restart_latches_instead_of_dying(
     sim: UrSimulator, host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,6 +177,7 @@ async def test_a_failing_restart_latches_instead_of_dying(
 # ------------------------------------------------------------------ bounded exits
 
 
+@pytest.mark.virtual_clock
 async def test_stop_and_exit_are_bounded_on_a_half_open_link(sim: UrSimulator, host: str):
     robot = make(host, stop_timeout=0.3)
     async with robot:
@@ -186,6 +191,7 @@ async def test_stop_and_exit_are_bounded_on_a_half_open_link(sim: UrSimulator, h
     assert now() - t0 <= 0.3 + 2 * robot_mod.TASK_CANCEL_BOUND + 0.5 + 1e-6
 
 
+@pytest.mark.virtual_clock
 async def test_close_does_not_hang_on_a_task_that_ignores_cancellation(
     sim: UrSimulator, host: str
 ) -> None:
@@ -216,6 +222,7 @@ async def test_close_does_not_hang_on_a_task_that_ignores_cancellation(
 # ------------------------------------------------------------------ robot text messages
 
 
+@pytest.mark.virtual_clock
 @pytest.mark.parametrize("protocol,size", [(2, 250), (1, 10_000)])
 async def test_a_text_flood_is_throttled_and_cut_short(
     host: str, protocol: int, size: int, caplog: pytest.LogCaptureFixture

@@ -17,7 +17,7 @@ from controller.clock import run_virtual
 from drivers.base import JointCommand, now
 from drivers.ur import transport
 from drivers.ur.sim import SimConfig, UrSimulator
-from tests.ur.conftest import memory_host
+from tests.ur.conftest import next_host
 from tests.ur.util import make, ready_state
 
 pytestmark = pytest.mark.virtual_clock
@@ -43,7 +43,7 @@ def test_only_names_under_invalid_live_in_memory() -> None:
 
 
 async def test_bytes_arrive_in_order_then_end_of_file() -> None:
-    host = memory_host()
+    host = next_host()
     server, accepted = await _accepting(host)
     _, writer = await transport.open_connection(host, 7)
     peer_r, peer_w = await accepted.get()
@@ -63,7 +63,7 @@ async def test_bytes_arrive_in_order_then_end_of_file() -> None:
 
 
 async def test_an_abort_is_a_reset_after_the_bytes_already_delivered() -> None:
-    host = memory_host()
+    host = next_host()
     server, accepted = await _accepting(host)
     reader, writer = await transport.open_connection(host, 7)
     _, peer_w = await accepted.get()
@@ -80,7 +80,7 @@ async def test_an_abort_is_a_reset_after_the_bytes_already_delivered() -> None:
 
 
 async def test_nothing_listening_is_refused_and_a_port_is_taken_once() -> None:
-    host = memory_host()
+    host = next_host()
     with pytest.raises(ConnectionRefusedError):
         await transport.open_connection(host, 30004)
     server, accepted = await _accepting(host, 30004)
@@ -98,7 +98,7 @@ async def test_nothing_listening_is_refused_and_a_port_is_taken_once() -> None:
 
 async def test_a_reader_that_stops_reading_makes_the_writer_wait() -> None:
     """TCP's back-pressure: what the simulator's slow-client check and drain() rely on."""
-    host = memory_host()
+    host = next_host()
     server, accepted = await _accepting(host)
     _, writer = await transport.open_connection(host, 7)
     peer_r, _ = await accepted.get()
@@ -141,7 +141,7 @@ def _session() -> list[tuple[float, float, tuple[float, ...], str]]:
     """Connect, move for 2 s, read what the arm did: every value the run produced."""
 
     async def main() -> list[tuple[float, float, tuple[float, ...], str]]:
-        host = memory_host()
+        host = next_host()
         seen = []
         async with UrSimulator(SimConfig(host=host)), make(host) as robot:
             s = await ready_state(robot)
@@ -164,7 +164,7 @@ def test_a_simulator_session_replays_identically_on_virtual_time() -> None:
     assert first == second  # every time stamp and every joint value
 
 
-def test_the_simulator_program_refuses_an_in_memory_host(
+def test_the_simulator_program_refuses_an_in_next_host(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from drivers.ur.sim.__main__ import main as sim_main
