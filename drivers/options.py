@@ -46,14 +46,14 @@ class OptionError(ValueError):
 class Renamed:
     """An old spelling of an option, still read for one release, with a warning.
 
-    `scale` converts a value in the old spelling's `unit` into the field's
-    unit (`spin_ms` -> `spin`: 1e-3); its range is the field's, scaled back,
-    so a refusal names the value and the range in the unit the user wrote.
+    `per` is how many of the old spelling's `unit` make one of the field's
+    (`spin_ms` -> `spin`: 1000); its range is the field's, scaled, so a
+    refusal names the value and the range in the unit the user wrote.
     """
 
     name: str
-    scale: float = 1.0
     unit: str = ""
+    per: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +81,10 @@ class Spec:
     renamed: tuple[Renamed, ...] = ()
 
     def scaled(self, old: Renamed) -> Spec:
-        """This spec in an old spelling's unit (its range divided by the scale)."""
+        """This spec in an old spelling's unit (its range times `per`)."""
 
         def conv(x: float | None) -> float | None:
-            return None if x is None else x / old.scale
+            return None if x is None else x * old.per
 
         return dataclasses.replace(
             self, unit=old.unit, low=conv(self.low), high=conv(self.high), renamed=()
@@ -94,11 +94,11 @@ class Spec:
         lo, hi = self.low, self.high
         if lo is not None and hi is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f" in {left}{lo:g}, {hi:g}{right}"
+            return f" in {left}{_num(lo)}, {_num(hi)}{right}"
         if lo is not None:
-            return f" {'>' if self.low_open else '>='} {lo:g}"
+            return f" {'>' if self.low_open else '>='} {_num(lo)}"
         if hi is not None:
-            return f" {'<' if self.high_open else '<='} {hi:g}"
+            return f" {'<' if self.high_open else '<='} {_num(hi)}"
         return ""
 
     def in_range(self, x: float) -> bool:
@@ -110,6 +110,12 @@ class Spec:
         if self.low is not None and not (x > self.low if self.low_open else x >= self.low):
             return False
         return self.high is None or (x < self.high if self.high_open else x <= self.high)
+
+
+def _num(x: float) -> str:
+    """Short (`1e+07`, `0.1`) where that is exact, else every digit: a bound is never rounded."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(x)
 
 
 def option(
@@ -413,7 +419,15 @@ def parse_fields(
             }
             kwargs[f.name] = _construct(
                 hint,
-                parse_fields(hint, own, where=where, error=error, noun=noun, path=path),
+                parse_fields(
+                    hint,
+                    own,
+                    where=where,
+                    error=error,
+                    noun=noun,
+                    path=path,
+                    name_checks=name_checks,
+                ),
                 where=where,
                 error=error,
                 name_checks=name_checks,
@@ -430,7 +444,15 @@ def parse_fields(
         if is_section(hint):
             if not isinstance(raw, Mapping):
                 raise error(f"{where}: {entry.key} must be a table, got {raw!r}")
-            sub = parse_fields(hint, raw, where=where, error=error, noun=noun, path=f"{entry.key}.")
+            sub = parse_fields(
+                hint,
+                raw,
+                where=where,
+                error=error,
+                noun=noun,
+                path=f"{entry.key}.",
+                name_checks=name_checks,
+            )
             kwargs[f.name] = _construct(
                 hint, sub, where=where, error=error, name_checks=name_checks
             )
@@ -451,7 +473,7 @@ def _read(entry: Entry, raw: Any, *, where: str, error: type[Exception], noun: s
         message = problem(spec, entry.hint, value, entry.key)
         if message is not None:
             raise error(f"{where}: {message}")
-    new = value if value is None else value * entry.renamed.scale
+    new = value if value is None else value / entry.renamed.per
     unit = entry.spec.unit if entry.spec is not None else ""
     log.warning(
         "%s: %s is deprecated and will be removed in the next release: use %s%s = %s%s",
@@ -506,9 +528,9 @@ def default_text(entry: Entry) -> str:
     else:
         return "required"
     if value is None:
-        return "none"
+        return ""
     unit = entry.spec.unit if entry.spec is not None else ""
-    shown = f"{value:g}" if isinstance(value, float) else repr(value)
+    shown = _num(value) if isinstance(value, float) else repr(value)
     return f"{shown} {unit}".strip()
 
 
@@ -517,7 +539,8 @@ def help_line(entry: Entry) -> str:
     spec = entry.spec
     if spec is None:
         return f"{describe(Spec(help=''), entry.hint)}; default {default_text(entry)}"
-    text = f"{spec.help}; {describe(spec, entry.hint)}"
+    accepted = describe(spec, entry.hint)
+    text = spec.help if accepted == "a string" else f"{spec.help}; {accepted}"
     default = default_text(entry)
     return f"{text}; default {default}" if default else text
 
