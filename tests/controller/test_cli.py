@@ -8,16 +8,7 @@ import sys
 
 import pytest
 
-from controller.cli import main
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse exits on bad flags
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.controller.cli_util import run_cli
 
 
 @pytest.mark.parametrize(

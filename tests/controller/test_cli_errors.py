@@ -20,25 +20,9 @@ import pytest
 from controller.cli import main
 from controller.config import from_mapping
 from controller.errors import ConfigError
+from tests.controller.cli_util import one_error_line, run_cli
 
 FAST = ["--policy", "fake", "--device", "cpu", "--status-interval", "0", "--no-uvloop"]
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse exits on bad flags
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_error_line(err: str) -> str:
-    """The stderr of a refused invocation: exactly one line, no traceback."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # -- finding 3: the default policy applies to policy options given alone --------------

@@ -12,7 +12,7 @@ from typing import Literal
 
 import pytest
 
-from controller.cli import build_parser, main
+from controller.cli import build_parser
 from controller.config import PLUGIN_FIELDS, RunConfig, from_mapping
 from controller.errors import ConfigError
 from controller.runtime import ControllerConfig
@@ -29,15 +29,7 @@ from drivers.options import (
     spec_of,
     strip_optional,
 )
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse exits on bad flags
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.controller.cli_util import one_error_line, run_cli
 
 
 def settings() -> list[Entry]:
@@ -214,7 +206,7 @@ def test_help_policy_lists_the_policys_own_options(capsys):
         assert f"\n  {name} " in out
     assert "an integer >= 1; default 8" in out
     code, _, err = run_cli(capsys, "--policy", "nosuch", "--help-policy")
-    assert code == 2 and "unknown policy 'nosuch'" in err and err.count("\n") == 1
+    assert code == 2 and "unknown policy 'nosuch'" in one_error_line(err)
 
 
 def test_qwen_policy_options_are_its_schema():
