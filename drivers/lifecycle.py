@@ -129,7 +129,8 @@ class Lifecycle:
     Nothing to initialise: the task set is made on first use, so a plugin
     opts in by subclassing and nothing else. A subclass sets `name` (task
     names and log lines use it), starts background work with `spawn()`, and
-    puts its own teardown (sockets, peers, threads) in `_release()`.
+    puts its own teardown (sockets, peers, threads) in `_release()`; a
+    robot stops its arm in `_leave_safe()`, which `async with` runs first.
 
     `close()` is idempotent (a second call, or one while the first runs,
     returns at once) and bounded: owned tasks get `cancel_bound` seconds to
@@ -175,11 +176,18 @@ class Lifecycle:
     async def _release(self) -> None:
         """Subclass hook: tear down what the driver holds (called once, after the tasks ended)."""
 
+    async def _leave_safe(self) -> None:
+        """Subclass hook, run by `async with` before `close()` while the link is still up:
+        leave the device safe (a robot stops here). Bounded by the driver itself."""
+
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        try:
+            await self._leave_safe()
+        finally:
+            await self.close()
 
 
 # --------------------------------------------------------------------------

@@ -80,11 +80,8 @@ class FakeRobot(Lifecycle, ConfiguredDriver):
         self._t = now()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            await self.stop()
-        finally:
-            await self.close()
+    async def _leave_safe(self) -> None:
+        await self.stop()  # `async with` ends here, then in close()
 
     async def _release(self) -> None:
         self.connected = False

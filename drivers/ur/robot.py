@@ -321,11 +321,8 @@ class UR5Robot(Lifecycle, ConfiguredDriver):
             raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            await self.stop()
-        finally:
-            await self.close()
+    async def _leave_safe(self) -> None:
+        await self.stop()  # `async with` ends here, then in close()
 
     async def _release(self) -> None:
         """After the link's tasks ended (`Lifecycle.close`: safe twice, bounded; the

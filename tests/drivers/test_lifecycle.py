@@ -25,18 +25,27 @@ from drivers.lifecycle import (
     periodic,
     reconnect_with_backoff,
 )
+from tests.drivers.helpers import end_stubborn, stubborn
 
 pytestmark = pytest.mark.virtual_clock
 
 
 class Driver(Lifecycle):
-    def __init__(self) -> None:
+    def __init__(self, unsafe_exit: bool = False) -> None:
         self.name = "dev"
         self.released = 0
+        self.calls: list[str] = []
+        self.unsafe_exit = unsafe_exit
+
+    async def _leave_safe(self) -> None:
+        self.calls.append("leave_safe")
+        if self.unsafe_exit:
+            raise OSError("link gone")
 
     async def _release(self) -> None:
         await asyncio.sleep(0.01)
         self.released += 1
+        self.calls.append("release")
 
 
 # ------------------------------------------------------------------ close
@@ -71,23 +80,14 @@ async def test_a_task_ignoring_its_cancellation_cannot_hang_close(
 ) -> None:
     drv = Driver()
     release = asyncio.Event()
-
-    async def stubborn() -> None:
-        while not release.is_set():
-            try:
-                await asyncio.sleep(10)
-            except asyncio.CancelledError:
-                continue  # the bug: swallows its cancellation
-
-    task = drv.spawn(stubborn(), "stubborn")
+    task = drv.spawn(stubborn(release), "stubborn")
     await asyncio.sleep(0)
     t0 = now()
     await asyncio.wait_for(drv.close(), 5 * CANCEL_BOUND)  # a hang fails, in virtual time
     assert now() - t0 == pytest.approx(CANCEL_BOUND + 0.01)  # the bound, then the release
     assert drv.released == 1 and not task.done()
     assert "dev-stubborn did not end within 1.0 s" in caplog.text
-    release.set()
-    task.cancel()
+    await end_stubborn(task, release)
     await asyncio.wait({task})
 
 
@@ -116,7 +116,30 @@ async def test_a_task_may_close_its_own_driver(virtual_clock) -> None:
     assert now() - t0 < 0.5
 
 
+async def test_async_with_leaves_the_device_safe_then_closes(virtual_clock) -> None:
+    async with Driver() as drv:
+        pass
+    assert drv.calls == ["leave_safe", "release"]
+    drv = Driver(unsafe_exit=True)
+    with pytest.raises(OSError, match="link gone"):
+        async with drv:
+            pass
+    assert drv.calls == ["leave_safe", "release"] and drv.closed  # closed all the same
+    drv = Driver()
+    await drv.close()  # a bare close (the link may be gone) does not try
+    assert drv.calls == ["release"]
+
+
 # ------------------------------------------------------------------ reconnects
+
+
+async def run_for(seconds: float, attempt, **options) -> asyncio.Task[None]:
+    """Run a reconnect loop for `seconds`, then cancel it; the ended task."""
+    task = asyncio.create_task(reconnect_with_backoff(attempt, what="dev", **options))
+    await asyncio.sleep(seconds)
+    task.cancel()
+    await asyncio.wait({task})
+    return task
 
 
 def test_backoff_grows_to_its_cap_and_jitter_only_shortens() -> None:
@@ -163,19 +186,10 @@ async def test_reconnects_are_counted_backed_off_and_reset_by_a_healthy_session(
             await asyncio.sleep(5.0)
         raise ConnectionLost(f"link down ({step})")
 
-    task = asyncio.create_task(
-        reconnect_with_backoff(
-            attempt,
-            what="dev",
-            backoff=Backoff(0.1, 0.3, jitter=0.0),
-            stats=stats,
-            on_failure=seen.append,
-        )
+    task = await run_for(
+        20, attempt, backoff=Backoff(0.1, 0.3, jitter=0.0), stats=stats, on_failure=seen.append
     )
-    await asyncio.sleep(20)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    assert task.cancelled()
     gaps = [round(b - a, 6) for a, b in itertools.pairwise(starts)]
     # 0.1, 0.2, then capped at 0.3; the healthy session ran 5 s and restarted the
     # growth at 0.1; the stream that ended counts as one more in a row (0.3)
@@ -201,11 +215,9 @@ async def test_reconnects_survive_any_exception_and_trace_a_bug_once(
         link.healthy()
         await asyncio.sleep(3600)
 
-    task = asyncio.create_task(
-        reconnect_with_backoff(attempt, what="dev", backoff=Backoff(0.1, 1.0), stats=stats)
-    )
-    await asyncio.sleep(5)
-    assert not task.done() and stats.failures == 3 and stats.attempts == 4
+    task = await run_for(5, attempt, backoff=Backoff(0.1, 1.0), stats=stats)
+    assert task.cancelled(), "the loop ended before it was cancelled"
+    assert stats.failures == 3 and stats.attempts == 4
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert [r.getMessage().split(" (")[0] for r in errors] == [
         "dev: ZeroDivisionError: a bug",
@@ -213,9 +225,6 @@ async def test_reconnects_survive_any_exception_and_trace_a_bug_once(
         "dev: ValueError: and another",
     ]
     assert [r.exc_info is not None for r in errors] == [True, False, False]
-    task.cancel()
-    await asyncio.wait({task})
-    assert task.cancelled()
 
 
 async def test_a_fatal_or_unretried_error_ends_the_loop(virtual_clock) -> None:
@@ -242,25 +251,13 @@ async def test_a_fatal_or_unretried_error_ends_the_loop(virtual_clock) -> None:
 
 async def test_a_seeded_jitter_replays_and_stays_within_bounds(virtual_clock) -> None:
     async def delays(seed: int) -> list[float]:
-        stats = Reconnects()
         out: list[float] = []
 
         async def attempt(link: Reconnects) -> None:
             out.append(now())
             raise ConnectionLost("down")
 
-        task = asyncio.create_task(
-            reconnect_with_backoff(
-                attempt,
-                what="dev",
-                backoff=Backoff(0.5, 4.0, jitter=0.5),
-                stats=stats,
-                rng=random.Random(seed),
-            )
-        )
-        await asyncio.sleep(30)
-        task.cancel()
-        await asyncio.wait({task})
+        await run_for(30, attempt, backoff=Backoff(0.5, 4.0, jitter=0.5), rng=random.Random(seed))
         return [b - a for a, b in itertools.pairwise(out)]
 
     a, b, c = await delays(1), await delays(1), await delays(2)

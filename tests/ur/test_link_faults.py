@@ -19,6 +19,7 @@ from drivers.ur import robot as robot_mod
 from drivers.ur.dashboard import MAX_LINE, DashboardClient
 from drivers.ur.robot import UR5Robot
 from drivers.ur.sim import SimConfig, UrSimulator
+from tests.drivers.helpers import end_stubborn, stubborn
 from tests.ur.conftest import next_host
 from tests.ur.util import fresh_state, make, ready_state, until
 
@@ -198,15 +199,7 @@ async def test_close_does_not_hang_on_a_task_that_ignores_cancellation(
     await ready_state(robot)
 
     release = asyncio.Event()
-
-    async def stubborn() -> None:
-        while not release.is_set():
-            try:
-                await asyncio.sleep(10)
-            except asyncio.CancelledError:
-                continue  # a bug: swallows its cancellation
-
-    task = robot.spawn(stubborn(), "stubborn")  # owned, like the driver's own tasks
+    task = robot.spawn(stubborn(release), "stubborn")  # owned, like the driver's own tasks
     t0 = now()
     await robot.__aexit__(None, None, None)
     assert now() - t0 <= robot.config.stop_timeout + robot.cancel_bound + 1e-6
@@ -215,5 +208,4 @@ async def test_close_does_not_hang_on_a_task_that_ignores_cancellation(
     assert robot._supervisor is None and robot.closed
     await robot.close()  # a second close returns at once
     assert now() - t0 <= robot.config.stop_timeout + robot.cancel_bound + 1e-6
-    release.set()
-    task.cancel()
+    await end_stubborn(task, release)
