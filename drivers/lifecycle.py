@@ -28,7 +28,7 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn, Self
 
 from drivers.errors import DriverError
@@ -248,7 +248,7 @@ class Reconnects:
     #: the latest failure, one line with its type
     last_error: str | None = None
     last_delay: float = 0.0
-    _healthy: bool = False
+    _healthy: bool = field(default=False, repr=False)
 
     def healthy(self) -> None:
         self._healthy = True
