@@ -18,9 +18,9 @@ import enum
 import gc
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from controller.errors import ConfigError, PolicyError, WarmupError
 from controller.executor import Executor, Lane
 from controller.safety import HoldReason, SafetyConfig, SafetyFilter
 from controller.scheduler import PeriodicScheduler, Tick
-from controller.slot import LatestValue, Stamped
+from controller.slot import LatestValue, Stamped, pump
 from controller.telemetry import ActionRecord, Telemetry
 from drivers.base import (
     CameraDriver,
@@ -40,6 +40,7 @@ from drivers.base import (
     SensorReading,
 )
 from drivers.errors import ConnectionLost, NotReady
+from drivers.lifecycle import Backoff, Reconnects, reconnect_with_backoff
 from drivers.options import Renamed, option, validate
 from policies.base import Policy
 
@@ -573,37 +574,47 @@ class Controller:
         return reason.value
 
     # -- sensing -----------------------------------------------------------
-    async def _stream(self, what: str, stream_factory: Any, publish: Any) -> None:
-        """Pump a driver stream into a slot; a lost link is retried, other errors end the run."""
-        backoff = 0.1
-        while True:
-            try:
-                async for item in stream_factory():
-                    publish(item)
-                    backoff = 0.1
-                log.warning("%s: stream ended; restarting in %.1f s", what, backoff)
-            except ConnectionLost as exc:
+    async def _stream(
+        self,
+        what: str,
+        items: Callable[[], AsyncIterator[T]],
+        slot: LatestValue[T],
+        source_time: Callable[[T], float],
+    ) -> None:
+        """Pump a driver stream into its slot; a lost link is retried, other errors end the run.
+
+        A stream that ends, or raises `ConnectionLost`, is restarted after a
+        backoff (`reconnect_with_backoff`: jittered, capped at 2 s, back to
+        0.1 s once a value arrived), and the slot ages meanwhile, so the
+        safety filter holds. Any other exception is a driver's failure and
+        ends the run: the robot is stopped and the CLI exits 1.
+        """
+
+        async def session(link: Reconnects) -> None:
+            await pump(items(), slot, source_time, lambda _: link.healthy())
+
+        def lost(exc: BaseException | None) -> None:
+            if exc is not None:
                 self.telemetry.error(f"{what}_connection_lost")
-                log.warning("%s: connection lost (%s); retrying in %.1f s", what, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+
+        await reconnect_with_backoff(
+            session,
+            what=what,
+            backoff=STREAM_BACKOFF,
+            logger=log,
+            retry=(ConnectionLost,),
+            on_failure=lost,
+        )
 
     async def _camera_task(self, cam: CameraDriver) -> None:
-        slot = self.frames[cam.name]
-        await self._stream(
-            f"camera {cam.name}", cam.frames, lambda f: slot.publish(f, f.capture_time)
-        )
+        await self._stream(f"camera {cam.name}", cam.frames, self.frames[cam.name], _capture_time)
 
     async def _state_task(self) -> None:
-        await self._stream(
-            "robot", self.robot.states, lambda s: self.state.publish(s, s.capture_time)
-        )
+        await self._stream("robot", self.robot.states, self.state, _capture_time)
 
     async def _sensor_task(self, sensor: SensorDriver) -> None:
         slot = self.sensor_slots[sensor.name]
-        await self._stream(
-            f"sensor {sensor.name}", sensor.readings, lambda r: slot.publish(r, r.capture_time)
-        )
+        await self._stream(f"sensor {sensor.name}", sensor.readings, slot, _capture_time)
 
     def _sensor_values(self) -> Mapping[str, SensorReading]:
         out = {}
@@ -785,3 +796,16 @@ class Controller:
         while True:
             await asyncio.sleep(self.config.status_interval)
             log.info("status %s", self.telemetry.status_line())
+
+
+# -- sensing helpers --------------------------------------------------------
+
+T = TypeVar("T")
+
+#: Restarts of a driver stream that ended or lost its link: 0.1 s, doubling to 2 s.
+STREAM_BACKOFF = Backoff(initial=0.1, maximum=2.0)
+
+
+def _capture_time(item: Frame | RobotState | SensorReading) -> float:
+    """What a slot ages a driver's value by: when the device captured it."""
+    return item.capture_time
