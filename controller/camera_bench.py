@@ -66,7 +66,7 @@ async def run(seconds: float, fps: float, warmup: float) -> dict[str, float]:
             n0, cpu0, t0 = pump.frames, _cpu(), loop.time()
             async for frame in frames:
                 stamped = slot.publish(frame, frame.capture_time)
-                samples.append((stamped.publish_time, cam.newest.newest.frame))
+                samples.append((stamped.publish_time, cam.newest.peek().value.frame))
                 if loop.time() - t0 >= seconds:
                     break
             cpu, n, wall = _cpu() - cpu0, pump.frames - n0, loop.time() - t0

@@ -44,6 +44,7 @@ from controller.config import DEFAULT_POLICY, RunConfig, as_table, from_mapping,
 from controller.errors import USER_ERRORS
 from controller.executor import ComputeExecutor
 from controller.runtime import Controller
+from controller.settings import add_flags, apply_flags, describe_settings
 from controller.telemetry import format_summary
 
 log = logging.getLogger("controller")
@@ -83,27 +84,13 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _number(text: str, *, allow_zero: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or value == float("inf"):
-        wanted = "a number >= 0" if allow_zero else "a positive number"
-        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> float:
-    return _number(text, allow_zero=False)
-
-
-def _non_negative(text: str) -> float:
-    return _number(text, allow_zero=True)
+#: Shorthands kept from before policies declared their own options: `--checkpoint DIR` is
+#: `--policy-option checkpoint=DIR` (options of the qwen-vla policy; see --help-policy).
+POLICY_OPTION_FLAGS = {"checkpoint": "DIR", "vl_model": "DIR_OR_ID"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags: plugin choices written here, settings generated from the config dataclasses."""
     p = _Parser(
         prog="python -m controller",
         description="Run a VLA policy on a robot at a fixed control rate, with VL features encoded asynchronously.",
@@ -132,58 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sensor", metavar="SPEC", action="append", help="auxiliary sensor driver (repeatable)"
     )
-    p.add_argument("--policy", metavar="NAME", help="policy: qwen-vla (default) or fake")
-    p.add_argument("--checkpoint", metavar="DIR", help="policy checkpoint directory (qwen-vla)")
-    p.add_argument(
-        "--vl-model", metavar="DIR_OR_ID", help="Qwen2.5-VL model directory or hub id (qwen-vla)"
-    )
+    p.add_argument("--policy", metavar="NAME", help=f"policy: {DEFAULT_POLICY} (default) or fake")
     p.add_argument(
         "--policy-option",
         metavar="KEY=VALUE",
         type=_key_value,
         action="append",
         default=[],
-        help="policy option (repeatable)",
+        help="policy option (repeatable); --help-policy lists them",
     )
-    p.add_argument("--hz", type=_positive, help="control rate (default 10)")
-    p.add_argument("--instruction", help="the language instruction given to the policy")
-    p.add_argument(
-        "--max-feature-age",
-        type=_positive,
-        metavar="S",
-        help="hold when the newest VL features are older than this (default 1.0 s)",
-    )
-    p.add_argument(
-        "--max-state-age",
-        type=_positive,
-        metavar="S",
-        help="hold when the newest robot state is older than this (default 0.1 s)",
-    )
-    p.add_argument(
-        "--limit-mode", choices=("clamp", "reject"), help="what joint limits do to an action"
-    )
-    p.add_argument("--device", help="compute device: auto (default), cpu, cuda, cuda:N")
-    p.add_argument(
-        "--duration", type=_positive, metavar="S", help="stop after S seconds of control"
-    )
-    p.add_argument("--stats-json", metavar="PATH", help="write the run summary as JSON")
-    p.add_argument(
-        "--status-interval",
-        type=_non_negative,
-        metavar="S",
-        help="seconds between status lines (0: none)",
-    )
-    p.add_argument(
-        "--spin-ms",
-        type=_non_negative,
-        metavar="MS",
-        help="busy-wait this long before each tick for lower jitter (default 0)",
-    )
-    p.add_argument(
-        "--vl-max-hz",
-        type=_non_negative,
-        metavar="HZ",
-        help="most VL encodes per second (default: the control rate; 0: unlimited)",
+    for name, metavar in POLICY_OPTION_FLAGS.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=f"policy_option:{name}",
+            metavar=metavar,
+            help=f"shorthand for --policy-option {name}={metavar}",
+        )
+    add_flags(
+        p.add_argument_group(
+            "settings", "each is also a config-file key; --help-config lists them all"
+        )
     )
     p.add_argument(
         "--no-uvloop",
@@ -193,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--list-drivers", action="store_true", help="list installed drivers and policies, then exit"
     )
+    p.add_argument(
+        "--help-config",
+        action="store_true",
+        help="list every config-file setting with its unit, range and default, then exit",
+    )
+    p.add_argument(
+        "--help-policy",
+        action="store_true",
+        help="list the options of the policy named by --policy (default qwen-vla), then exit",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -200,30 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _overlay(args: argparse.Namespace, data: dict[str, Any], source: str) -> dict[str, Any]:
     """Apply the flags on top of the TOML document.
 
-    Tables are type-checked before they are merged (`robot = 5` is named as
-    such, not a TypeError), and a `[policy]` table without `name` means the
-    default policy, so `--checkpoint` alone works as the README shows.
+    Settings go where their schema says (`controller.settings.apply_flags`);
+    plugin tables are type-checked before they are merged (`robot = 5` is
+    named as such, not a TypeError), and a `[policy]` table without `name`
+    means the default policy, so `--checkpoint` alone works as the README shows.
     """
-    data = dict(data)
-    for flag, key in (
-        ("hz", "hz"),
-        ("instruction", "instruction"),
-        ("duration", "duration"),
-        ("stats_json", "stats_json"),
-        ("device", "device"),
-        ("spin_ms", "spin_ms"),
-        ("status_interval", "status_interval"),
-        ("vl_max_hz", "vl_max_hz"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            data[key] = value
-    safety = as_table(f"{source}: safety", data.get("safety", {}))
-    for flag in ("max_feature_age", "max_state_age", "limit_mode"):
-        if getattr(args, flag) is not None:
-            safety[flag] = getattr(args, flag)
-    if safety:
-        data["safety"] = safety
+    data = apply_flags(args, data, source)
     robot = as_table(f"{source}: robot", data.get("robot", {"driver": "fake"}), spec_key="driver")
     if args.robot and args.robot != robot.get("driver"):
         robot = {"driver": args.robot}  # options of another driver do not carry over
@@ -240,10 +187,10 @@ def _overlay(args: argparse.Namespace, data: dict[str, Any], source: str) -> dic
         policy = {}  # options of another policy do not carry over
     if args.policy:
         policy["name"] = args.policy
-    if args.checkpoint:
-        policy["checkpoint"] = args.checkpoint
-    if args.vl_model:
-        policy["vl_model"] = args.vl_model
+    for name in POLICY_OPTION_FLAGS:
+        value = getattr(args, f"policy_option:{name}")
+        if value:
+            policy[name] = value
     policy.update(dict(args.policy_option))
     if policy:
         data["policy"] = policy
@@ -523,6 +470,18 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
     prog = parser.prog
     if args.list_drivers:
         print(list_drivers())
+        return EXIT_OK
+    if args.help_config:
+        print(describe_settings())
+        return EXIT_OK
+    if args.help_policy:
+        from policies import base as policies
+
+        try:
+            print(policies.describe_options(args.policy or DEFAULT_POLICY))
+        except USER_ERRORS as exc:
+            print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
+            return EXIT_USAGE
         return EXIT_OK
     try:
         data = load_file(args.config) if args.config else {}

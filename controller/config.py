@@ -1,14 +1,17 @@
 """The run configuration: a TOML file, overridden by command-line flags.
 
 Everything is validated here, before any driver connects, and every error
-names the key, the value and what would be accepted.
+names the key, the value and what would be accepted. The settings are the
+config dataclasses (`RunConfig`, `ControllerConfig`, `SafetyConfig`): their
+fields' `option(...)` metadata is the schema the file is read with
+(`drivers.options`), and the flags are generated from it
+(`controller.settings`). What is written here by hand is only what is not a
+setting: which drivers and which policy to build, with their own options.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -17,16 +20,13 @@ from typing import Any
 
 from controller.errors import ConfigError
 from controller.runtime import MAX_DURATION, ControllerConfig
-from controller.safety import SafetyConfig
+from drivers.options import option, parse_fields, validate
 
 #: The policy a run uses when neither `--policy` nor `policy.name` names one.
 DEFAULT_POLICY = "qwen-vla"
 #: A config file is a few hundred bytes; refusing anything over this keeps a
 #: wrong path (`/dev/zero`, a video, a core dump) from being read into memory.
 MAX_CONFIG_BYTES = 1 << 20
-#: `action_timeout_ms` as ControllerConfig bounds `action_timeout` (seconds).
-_MIN_ACTION_TIMEOUT_MS, _MAX_ACTION_TIMEOUT_MS = 0.1, 10_000.0
-_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,4})?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,44 +39,46 @@ class DriverEntry:
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
-    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    """One run: the controller's settings (top-level keys), the plugins, and the run's own settings."""
+
+    controller: ControllerConfig = option(
+        default_factory=ControllerConfig, help="the controller's settings", inline=True
+    )
     robot: DriverEntry = field(default_factory=lambda: DriverEntry("fake"))
     cameras: tuple[DriverEntry, ...] = (DriverEntry("fake"),)
     sensors: tuple[DriverEntry, ...] = ()
     policy: str = DEFAULT_POLICY
     policy_options: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
-    duration: float | None = None
-    stats_json: str | None = None
+    device: str = option(
+        "auto",
+        help="compute device",
+        pattern=r"auto|cpu|cuda(:[0-9]{1,4})?",
+        accepted="auto, cpu, cuda or cuda:N",
+        flag=True,
+        metavar="DEVICE",
+    )
+    duration: float | None = option(
+        None,
+        help="stop after this much control",
+        unit="s",
+        low=0.0,
+        low_open=True,
+        high=MAX_DURATION,
+        flag=True,
+        default_text="until stopped",
+    )
+    stats_json: str | None = option(
+        None, help="write the run summary as JSON to this file", flag=True, metavar="PATH"
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, error=ConfigError)
 
 
-_TOP = {
-    "hz",
-    "vl_max_hz",
-    "instruction",
-    "duration",
-    "stats_json",
-    "device",
-    "spin_ms",
-    "status_interval",
-    "warmup_timeout",
-    "stop_timeout",
-    "action_timeout_ms",
-    "safety",
-    "robot",
-    "cameras",
-    "sensors",
-    "policy",
-}
-_SAFETY = {"max_feature_age", "max_state_age", "limit_mode", "velocity_scale"}
-
-
-def _number(where: str, value: Any, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if positive and value <= 0:
-        raise ConfigError(f"{where}: must be positive, got {value!r}")
-    return float(value)
+#: The tables that choose plugins: read here, each plugin reads its own options.
+PLUGIN_KEYS = ("robot", "cameras", "sensors", "policy")
+#: The `RunConfig` fields those tables fill.
+PLUGIN_FIELDS = (*PLUGIN_KEYS, "policy_options")
 
 
 def _driver_entry(where: str, table: Any, *, spec_key: str) -> DriverEntry:
@@ -144,73 +146,16 @@ def as_table(where: str, value: Any, *, spec_key: str | None = None) -> dict[str
 
 def from_mapping(data: dict[str, Any], source: str = "config") -> RunConfig:
     """Build a RunConfig from a parsed TOML document (or the CLI's equivalent)."""
-    unknown = set(data) - _TOP
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(sorted(unknown))} (accepted: {', '.join(sorted(_TOP))})"
-        )
-    safety_tbl = as_table(f"{source}: safety", data.get("safety", {}))
-    bad = set(safety_tbl) - _SAFETY
-    if bad:
-        raise ConfigError(
-            f"{source}: unknown [safety] key(s) {', '.join(sorted(bad))} (accepted: {', '.join(sorted(_SAFETY))})"
-        )
-    safety_kwargs: dict[str, Any] = {}
-    for key in ("max_feature_age", "max_state_age", "velocity_scale"):
-        if key in safety_tbl:
-            safety_kwargs[key] = _number(f"{source}: safety.{key}", safety_tbl[key])
-    if "limit_mode" in safety_tbl:
-        safety_kwargs["limit_mode"] = safety_tbl["limit_mode"]
-    try:
-        safety = SafetyConfig(**safety_kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-    ctl: dict[str, Any] = {"safety": safety}
-    if "hz" in data:
-        ctl["hz"] = _number(f"{source}: hz", data["hz"])
-    if "instruction" in data:
-        if not isinstance(data["instruction"], str) or not data["instruction"].strip():
-            raise ConfigError(
-                f"{source}: instruction must be a non-empty string, got {data['instruction']!r}"
-            )
-        ctl["instruction"] = data["instruction"]
-    if "spin_ms" in data:
-        ctl["spin"] = _number(f"{source}: spin_ms", data["spin_ms"], positive=False) / 1e3
-    if "status_interval" in data:
-        ctl["status_interval"] = _number(
-            f"{source}: status_interval", data["status_interval"], positive=False
-        )
-    for key in ("warmup_timeout", "stop_timeout"):
-        if key in data:
-            ctl[key] = _number(f"{source}: {key}", data[key])
-    if "vl_max_hz" in data:
-        ctl["vl_max_hz"] = _number(f"{source}: vl_max_hz", data["vl_max_hz"], positive=False)
-    if "action_timeout_ms" in data:
-        ctl["action_timeout"] = (
-            _number(f"{source}: action_timeout_ms", data["action_timeout_ms"]) / 1e3
-        )
-    if "action_timeout_ms" in data and not (
-        _MIN_ACTION_TIMEOUT_MS <= data["action_timeout_ms"] <= _MAX_ACTION_TIMEOUT_MS
-    ):
-        # Named here, in the unit the user wrote: ControllerConfig speaks seconds.
-        raise ConfigError(
-            f"{source}: action_timeout_ms must be in [{_MIN_ACTION_TIMEOUT_MS:g},"
-            f" {_MAX_ACTION_TIMEOUT_MS:g}] ms, got {data['action_timeout_ms']!r}"
-        )
-    if "spin_ms" in data and "spin" in ctl:
-        period_ms = 1e3 / ctl.get("hz", ControllerConfig().hz)
-        if not ctl["spin"] * 1e3 < period_ms:
-            raise ConfigError(
-                f"{source}: spin_ms must be less than one control period ({period_ms:g} ms),"
-                f" got {data['spin_ms']!r}"
-            )
-    try:
-        controller = ControllerConfig(**ctl)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-    out: dict[str, Any] = {"controller": controller}
+    out = parse_fields(
+        RunConfig,
+        data,
+        where=source,
+        error=ConfigError,
+        noun="key",
+        skip=PLUGIN_FIELDS,
+        also_accepted=PLUGIN_KEYS,
+        name_checks=True,
+    )
     if "robot" in data:
         out["robot"] = _driver_entry(f"{source}: [robot]", data["robot"], spec_key="driver")
     if "cameras" in data:
@@ -243,19 +188,7 @@ def from_mapping(data: dict[str, Any], source: str = "config") -> RunConfig:
             out["policy"], out["policy_options"] = name, opts
         else:
             raise ConfigError(f"{source}: policy must be a name or a table, got {pol!r}")
-    if "device" in data:
-        dev = data["device"]
-        if not isinstance(dev, str) or not _DEVICE.fullmatch(dev):
-            raise ConfigError(f"{source}: device must be auto, cpu, cuda or cuda:N, got {dev!r}")
-        out["device"] = dev
-    if "duration" in data:
-        out["duration"] = _number(f"{source}: duration", data["duration"])
-        if out["duration"] > MAX_DURATION:
-            raise ConfigError(
-                f"{source}: duration must be at most {MAX_DURATION:g} s, got {data['duration']!r}"
-            )
-    if "stats_json" in data:
-        if not isinstance(data["stats_json"], str):
-            raise ConfigError(f"{source}: stats_json must be a path string")
-        out["stats_json"] = data["stats_json"]
-    return RunConfig(**out)
+    try:
+        return RunConfig(**out)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None

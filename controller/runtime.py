@@ -18,9 +18,9 @@ import enum
 import gc
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from controller.errors import ConfigError, PolicyError, WarmupError
 from controller.executor import Executor, Lane
 from controller.safety import HoldReason, SafetyConfig, SafetyFilter
 from controller.scheduler import PeriodicScheduler, Tick
-from controller.slot import LatestValue, Stamped
+from controller.slot import LatestValue, Stamped, pump
 from controller.telemetry import ActionRecord, Telemetry
 from drivers.base import (
     CameraDriver,
@@ -40,6 +40,8 @@ from drivers.base import (
     SensorReading,
 )
 from drivers.errors import ConnectionLost, NotReady
+from drivers.lifecycle import Backoff, Reconnects, reconnect_with_backoff
+from drivers.options import Renamed, option, validate
 from policies.base import Policy
 
 log = logging.getLogger("controller")
@@ -80,73 +82,107 @@ class _FailureStreak:
         self.count = 0
 
 
-def _seconds(name: str, value: Any, low: float, high: float, *, zero_ok: bool = False) -> None:
-    """Refuse a duration outside its sane range: huge or tiny values switch interlocks off."""
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and ((zero_ok and value == 0) or low <= value <= high)
-    )
-    if not ok:
-        zero = "0 or " if zero_ok else ""
-        raise ConfigError(f"{name} must be {zero}a number in [{low:g}, {high:g}], got {value!r}")
-
-
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
-    """Settings of one run. Every number has a range: none can switch a safeguard off."""
+    """Settings of one run: the top-level keys of a config file, and its `[safety]` table.
 
-    hz: float = 10.0
-    instruction: str = "pick up the red cube and place it in the bowl"
-    safety: SafetyConfig = field(default_factory=SafetyConfig)
-    #: Seconds allowed for the warm-up (first inputs, one encode, one action).
-    warmup_timeout: float = 30.0
-    #: Seconds `robot.stop()`, and each driver's exit, may take before the controller
-    #: gives up waiting and goes on shutting down.
-    stop_timeout: float = 2.0
-    #: Seconds an action may take before the tick holds instead (default: one period).
-    action_timeout: float | None = None
-    #: Seconds `robot.command()` / `robot.hold()` may take (default: half a period);
-    #: a command that does not return in time counts as a lost link.
-    command_timeout: float | None = None
-    #: Seconds between status log lines (0: none).
-    status_interval: float = 5.0
-    #: Consecutive VL-encode / action failures after which the run fails.
-    max_consecutive_failures: int = 10
-    #: Busy-wait this long before each deadline (real clock only).
-    spin: float = 0.0
-    #: Most VL encodes per second (None: one per control period; 0: as fast
-    #: as the encoder goes). Features newer than the next tick are never
-    #: used, and a free-running encoder only steals CPU and GIL from it.
-    vl_max_hz: float | None = None
+    Each field is the one place its option is defined: type and default here,
+    unit, range, help and flag in its `option(...)` metadata, from which the
+    TOML parsing, the flags and `--help` are generated (`controller.settings`).
+    Every number has a range: none can switch a safeguard off.
+    """
+
+    hz: float = option(
+        10.0, help="control rate", unit="Hz", low=1.0, high=1000.0, flag=True, metavar="HZ"
+    )
+    instruction: str = option(
+        "pick up the red cube and place it in the bowl",
+        help="the language instruction given to the policy",
+        pattern=r"(?s).*\S.*",
+        accepted="a non-empty string",
+        flag=True,
+        metavar="TEXT",
+    )
+    safety: SafetyConfig = option(default_factory=SafetyConfig, help="limits of the safety filter")
+    warmup_timeout: float = option(
+        30.0,
+        help="time allowed for the warm-up (first inputs, one encode, one action)",
+        unit="s",
+        low=0.01,
+        high=600.0,
+    )
+    stop_timeout: float = option(
+        2.0,
+        help="time robot.stop(), and each driver's exit, may take before the controller goes"
+        " on shutting down without it",
+        unit="s",
+        low=0.01,
+        high=30.0,
+    )
+    action_timeout: float | None = option(
+        None,
+        help="time an action may take before the tick holds instead",
+        unit="s",
+        low=0.0001,
+        high=10.0,
+        default_text="one control period",
+        renamed=(Renamed("action_timeout_ms", unit="ms", per=1000.0),),
+    )
+    command_timeout: float | None = option(
+        None,
+        help="time robot.command() / robot.hold() may take; a command that does not return"
+        " in time counts as a lost link",
+        unit="s",
+        low=0.0001,
+        high=10.0,
+        default_text="half a control period",
+    )
+    status_interval: float = option(
+        5.0,
+        help="time between status log lines (0: none)",
+        unit="s",
+        low=0.1,
+        high=3600.0,
+        zero_ok=True,
+        flag=True,
+    )
+    max_consecutive_failures: int = option(
+        10,
+        help="consecutive VL-encode or action failures after which the run fails",
+        low=1,
+        high=10_000,
+    )
+    spin: float = option(
+        0.0,
+        help="busy-wait this long before each tick for lower jitter (real clock only);"
+        " less than one control period",
+        unit="s",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        flag=True,
+        renamed=(Renamed("spin_ms", unit="ms", per=1000.0),),
+    )
+    #: None: one encode per control period. Features newer than the next tick are
+    #: never used, and a free-running encoder only steals CPU and GIL from it.
+    vl_max_hz: float | None = option(
+        None,
+        help="most VL encodes per second (0: as fast as the encoder goes)",
+        unit="Hz",
+        low=0.1,
+        high=1000.0,
+        zero_ok=True,
+        flag=True,
+        metavar="HZ",
+        default_text="the control rate",
+    )
 
     def __post_init__(self) -> None:
-        _seconds("hz", self.hz, 1.0, 1000.0)
-        if not isinstance(self.instruction, str):
-            raise ConfigError(f"instruction must be a string, got {self.instruction!r}")
-        _seconds("warmup_timeout", self.warmup_timeout, 0.01, 600.0)
-        _seconds("stop_timeout", self.stop_timeout, 0.01, 30.0)
-        if self.action_timeout is not None:
-            _seconds("action_timeout", self.action_timeout, 0.0001, 10.0)
-        if self.command_timeout is not None:
-            _seconds("command_timeout", self.command_timeout, 0.0001, 10.0)
-        _seconds("status_interval", self.status_interval, 0.1, 3600.0, zero_ok=True)
-        if not (
-            isinstance(self.max_consecutive_failures, int)
-            and not isinstance(self.max_consecutive_failures, bool)
-            and 1 <= self.max_consecutive_failures <= 10_000
-        ):
+        validate(self, error=ConfigError)
+        if not self.spin < self.period:
             raise ConfigError(
-                "max_consecutive_failures must be an integer in [1, 10000],"
-                f" got {self.max_consecutive_failures!r}"
+                f"spin must be less than one control period ({self.period:g} s), got {self.spin!r}"
             )
-        if not (
-            isinstance(self.spin, (int, float)) and 0 <= self.spin < 1.0 / self.hz
-        ) or isinstance(self.spin, bool):
-            raise ConfigError(f"spin must be in [0, period), got {self.spin!r}")
-        if self.vl_max_hz is not None:
-            _seconds("vl_max_hz", self.vl_max_hz, 0.1, 1000.0, zero_ok=True)
 
     @property
     def vl_min_interval(self) -> float:
@@ -538,37 +574,47 @@ class Controller:
         return reason.value
 
     # -- sensing -----------------------------------------------------------
-    async def _stream(self, what: str, stream_factory: Any, publish: Any) -> None:
-        """Pump a driver stream into a slot; a lost link is retried, other errors end the run."""
-        backoff = 0.1
-        while True:
-            try:
-                async for item in stream_factory():
-                    publish(item)
-                    backoff = 0.1
-                log.warning("%s: stream ended; restarting in %.1f s", what, backoff)
-            except ConnectionLost as exc:
+    async def _stream(
+        self,
+        what: str,
+        items: Callable[[], AsyncIterator[T]],
+        slot: LatestValue[T],
+        source_time: Callable[[T], float],
+    ) -> None:
+        """Pump a driver stream into its slot; a lost link is retried, other errors end the run.
+
+        A stream that ends, or raises `ConnectionLost`, is restarted after a
+        backoff (`reconnect_with_backoff`: jittered, capped at 2 s, back to
+        0.1 s once a value arrived), and the slot ages meanwhile, so the
+        safety filter holds. Any other exception is a driver's failure and
+        ends the run: the robot is stopped and the CLI exits 1.
+        """
+
+        async def session(link: Reconnects) -> None:
+            await pump(items(), slot, source_time, lambda _: link.healthy())
+
+        def lost(exc: BaseException | None) -> None:
+            if exc is not None:
                 self.telemetry.error(f"{what}_connection_lost")
-                log.warning("%s: connection lost (%s); retrying in %.1f s", what, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+
+        await reconnect_with_backoff(
+            session,
+            what=what,
+            backoff=STREAM_BACKOFF,
+            logger=log,
+            retry=(ConnectionLost,),
+            on_failure=lost,
+        )
 
     async def _camera_task(self, cam: CameraDriver) -> None:
-        slot = self.frames[cam.name]
-        await self._stream(
-            f"camera {cam.name}", cam.frames, lambda f: slot.publish(f, f.capture_time)
-        )
+        await self._stream(f"camera {cam.name}", cam.frames, self.frames[cam.name], _capture_time)
 
     async def _state_task(self) -> None:
-        await self._stream(
-            "robot", self.robot.states, lambda s: self.state.publish(s, s.capture_time)
-        )
+        await self._stream("robot", self.robot.states, self.state, _capture_time)
 
     async def _sensor_task(self, sensor: SensorDriver) -> None:
         slot = self.sensor_slots[sensor.name]
-        await self._stream(
-            f"sensor {sensor.name}", sensor.readings, lambda r: slot.publish(r, r.capture_time)
-        )
+        await self._stream(f"sensor {sensor.name}", sensor.readings, slot, _capture_time)
 
     def _sensor_values(self) -> Mapping[str, SensorReading]:
         out = {}
@@ -750,3 +796,16 @@ class Controller:
         while True:
             await asyncio.sleep(self.config.status_interval)
             log.info("status %s", self.telemetry.status_line())
+
+
+# -- sensing helpers --------------------------------------------------------
+
+T = TypeVar("T")
+
+#: Restarts of a driver stream that ended or lost its link: 0.1 s, doubling to 2 s.
+STREAM_BACKOFF = Backoff(initial=0.1, maximum=2.0)
+
+
+def _capture_time(item: Frame | RobotState | SensorReading) -> float:
+    """What a slot ages a driver's value by: when the device captured it."""
+    return item.capture_time

@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from controller.errors import ConfigError
 from controller.slot import Stamped
 from drivers.base import JointLimits, RobotState, SensorReading
+from drivers.options import option, validate
 
 LimitMode = Literal["clamp", "reject"]
 
@@ -59,67 +60,205 @@ class HoldReason(enum.StrEnum):
     ROBOT_DISCONNECTED = "robot_disconnected"
 
 
-#: The holds of one kind of input: (its capture time cannot be believed, it is too old).
-_AgeReasons = tuple[HoldReason, HoldReason]
-_STATE_AGE: _AgeReasons = (HoldReason.STATE_CLOCK_INVALID, HoldReason.STATE_STALE)
-_FEATURES_AGE: _AgeReasons = (HoldReason.FEATURES_CLOCK_INVALID, HoldReason.FEATURES_STALE)
-_SENSOR_AGE: _AgeReasons = (HoldReason.SENSOR_CLOCK_INVALID, HoldReason.SENSOR_STALE)
-
-
-def _in_range(value: Any, low: float, high: float, *, low_open: bool = True) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    above = value > low if low_open else value >= low
-    return above and value <= high and math.isfinite(value)
-
-
 @dataclass(frozen=True, slots=True)
 class SafetyConfig:
-    """Limits of the filter. Ages are in seconds of the controller clock.
+    """Limits of the filter (the `[safety]` table). Ages are in seconds of the controller clock.
 
     Upper bounds exist so that no value can switch an interlock off: a
     `max_state_age` of 1e308 would accept state from any time.
     """
 
-    max_feature_age: float = 1.0
-    max_state_age: float = 0.1
-    #: Hold when the newest reading of any sensor is older than this.
-    max_sensor_age: float = 0.5
-    limit_mode: LimitMode = "clamp"
-    #: Fraction of each joint's speed limit the filter lets a command use.
-    velocity_scale: float = 1.0
-    #: How far ahead of the controller clock a capture time may be (clock-mapping noise).
-    max_future_skew: float = 0.05
-    #: How far outside its position limits a MEASURED joint may read before the state is implausible.
-    position_margin: float = 0.2
+    max_feature_age: float = option(
+        1.0,
+        help="hold when the newest VL features are older than this",
+        unit="s",
+        low=0.0,
+        low_open=True,
+        high=10.0,
+        flag=True,
+    )
+    max_state_age: float = option(
+        0.1,
+        help="hold when the newest robot state is older than this",
+        unit="s",
+        low=0.0,
+        low_open=True,
+        high=1.0,
+        flag=True,
+    )
+    max_sensor_age: float = option(
+        0.5,
+        help="hold when the newest reading of any sensor is older than this",
+        unit="s",
+        low=0.0,
+        low_open=True,
+        high=5.0,
+    )
+    limit_mode: LimitMode = option(
+        "clamp",
+        help="what the joint position and velocity limits do to an action: clamp it, or hold",
+        flag=True,
+    )
+    velocity_scale: float = option(
+        1.0,
+        help="fraction of each joint's speed limit a command may use",
+        low=0.0,
+        low_open=True,
+        high=1.0,
+    )
+    max_future_skew: float = option(
+        0.05,
+        help="how far ahead of the controller clock a capture time may be (clock-mapping noise)",
+        unit="s",
+        low=0.0,
+        high=0.5,
+    )
+    position_margin: float = option(
+        0.2,
+        help="how far outside its position limits a MEASURED joint may read before the state"
+        " is implausible",
+        unit="rad",
+        low=0.0,
+        high=1.0,
+    )
 
     def __post_init__(self) -> None:
-        for name, high in (
-            ("max_feature_age", 10.0),
-            ("max_state_age", 1.0),
-            ("max_sensor_age", 5.0),
-        ):
-            value = getattr(self, name)
-            if not _in_range(value, 0.0, high):
-                raise ConfigError(
-                    f"safety.{name} must be a number of seconds in (0, {high:g}], got {value!r}"
-                )
-        if self.limit_mode not in ("clamp", "reject"):
-            raise ConfigError(
-                f"safety.limit_mode must be 'clamp' or 'reject', got {self.limit_mode!r}"
+        validate(self, error=ConfigError, where="safety.")
+
+
+# -- the input rules --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What one tick is about to act on, as the input rules see it."""
+
+    now: float
+    features: Stamped[Any] | None
+    state: Stamped[RobotState] | None
+    sensors: Mapping[str, Stamped[SensorReading] | None]
+
+
+class InputRule(Protocol):
+    """One question asked before the policy runs: a hold reason, or None for "no objection".
+
+    Rules run in order and the first objection is the hold, so a rule may rely
+    on what the rules before it established (that there is a state, that it
+    is fresh and plausible). A new rule is one class here, its place in
+    `INPUT_RULES`, and the `SafetyConfig` field its limit lives in.
+    """
+
+    def check(self, inputs: Inputs, f: SafetyFilter) -> HoldReason | None: ...
+
+
+def age_reason(
+    now: float, source_time: float, limit: float, skew: float, clock: HoldReason, stale: HoldReason
+) -> HoldReason | None:
+    """`clock` when a capture time is not finite or more than `skew` in the future, `stale`
+    when it is older than `limit`; compared so that a NaN age is stale, never fresh."""
+    if not math.isfinite(source_time):
+        return clock
+    age = now - source_time
+    if age < -skew:
+        return clock
+    if not age <= limit:
+        return stale
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Present:
+    """The input has been received at least once."""
+
+    input: Literal["state", "features"]
+    missing: HoldReason
+
+    def check(self, inputs: Inputs, f: SafetyFilter) -> HoldReason | None:
+        return self.missing if getattr(inputs, self.input) is None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Fresh:
+    """The input's capture time is believable and within the limit named by `limit`."""
+
+    input: Literal["state", "features"]
+    #: The `SafetyConfig` field holding the age limit.
+    limit: str
+    clock: HoldReason
+    stale: HoldReason
+
+    def check(self, inputs: Inputs, f: SafetyFilter) -> HoldReason | None:
+        stamped: Stamped[Any] | None = getattr(inputs, self.input)
+        assert stamped is not None  # a `Present` rule runs first
+        cfg = f.config
+        limit = getattr(cfg, self.limit)
+        return age_reason(
+            inputs.now, stamped.source_time, limit, cfg.max_future_skew, self.clock, self.stale
+        )
+
+
+class StatePlausible:
+    """The measured joint values can be true (finite, right count, inside the arm's range)."""
+
+    def check(self, inputs: Inputs, f: SafetyFilter) -> HoldReason | None:
+        assert inputs.state is not None
+        return HoldReason.STATE_INVALID if f.state_problem(inputs.state.value) else None
+
+
+class RobotReady:
+    """The robot says it accepts motion (not stopped by a person or by itself)."""
+
+    def check(self, inputs: Inputs, f: SafetyFilter) -> HoldReason | None:
+        assert inputs.state is not None
+        return None if inputs.state.value.ready is True else HoldReason.ROBOT_NOT_READY
+
+
+class SensorsUsable:
+    """Every sensor has a reading, believable in time, within `max_sensor_age`, and finite.
+
+    One rule for all sensors, each checked fully before the next, so the
+    first sensor with a problem names the hold.
+    """
+
+    def check(self, inputs: Inputs, f: SafetyFilter) -> HoldReason | None:
+        cfg = f.config
+        for reading in inputs.sensors.values():
+            if reading is None:
+                return HoldReason.SENSOR_MISSING
+            reason = age_reason(
+                inputs.now,
+                reading.source_time,
+                cfg.max_sensor_age,
+                cfg.max_future_skew,
+                HoldReason.SENSOR_CLOCK_INVALID,
+                HoldReason.SENSOR_STALE,
             )
-        if not _in_range(self.velocity_scale, 0.0, 1.0):
-            raise ConfigError(
-                f"safety.velocity_scale must be in (0, 1], got {self.velocity_scale!r}"
-            )
-        if not _in_range(self.max_future_skew, 0.0, 0.5, low_open=False):
-            raise ConfigError(
-                f"safety.max_future_skew must be in [0, 0.5] s, got {self.max_future_skew!r}"
-            )
-        if not _in_range(self.position_margin, 0.0, 1.0, low_open=False):
-            raise ConfigError(
-                f"safety.position_margin must be in [0, 1] rad, got {self.position_margin!r}"
-            )
+            if reason is not None:
+                return reason
+            try:
+                finite = bool(np.all(np.isfinite(np.asarray(reading.value.values, dtype=float))))
+            except (TypeError, ValueError):
+                finite = False
+            if not finite:
+                return HoldReason.SENSOR_INVALID
+        return None
+
+
+#: The input rules of every tick, in the order they are asked.
+INPUT_RULES: tuple[InputRule, ...] = (
+    Present("state", HoldReason.NO_STATE),
+    Fresh("state", "max_state_age", HoldReason.STATE_CLOCK_INVALID, HoldReason.STATE_STALE),
+    StatePlausible(),
+    RobotReady(),
+    Present("features", HoldReason.NO_FEATURES),
+    Fresh(
+        "features",
+        "max_feature_age",
+        HoldReason.FEATURES_CLOCK_INVALID,
+        HoldReason.FEATURES_STALE,
+    ),
+    SensorsUsable(),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +275,16 @@ class Verdict:
 
 
 class SafetyFilter:
-    def __init__(self, config: SafetyConfig, limits: JointLimits, period: float) -> None:
+    def __init__(
+        self,
+        config: SafetyConfig,
+        limits: JointLimits,
+        period: float,
+        rules: Sequence[InputRule] | None = None,
+    ) -> None:
         self.config = config
+        #: The questions asked before the policy runs, in order (default: `INPUT_RULES`).
+        self.rules: tuple[InputRule, ...] = tuple(INPUT_RULES if rules is None else rules)
         self.limits = limits
         self.period = period
         self._lower = np.asarray(limits.lower, dtype=np.float64)
@@ -146,21 +293,6 @@ class SafetyFilter:
         self._max_step = self._max_velocity * config.velocity_scale * period
 
     # -- inputs --------------------------------------------------------------
-    def _age_reason(
-        self, now: float, source_time: float, limit: float, reasons: _AgeReasons
-    ) -> HoldReason | None:
-        """Hold for the clock when the capture time is not finite or in the future, for age when
-        it is older than `limit`; compared so that a NaN age is stale, never fresh."""
-        clock, stale = reasons
-        if not math.isfinite(source_time):
-            return clock
-        age = now - source_time
-        if age < -self.config.max_future_skew:
-            return clock
-        if not age <= limit:
-            return stale
-        return None
-
     def state_problem(self, state: RobotState) -> str | None:
         """Why a state's values cannot be true (None: plausible)."""
         dof = self.limits.dof
@@ -187,34 +319,15 @@ class SafetyFilter:
         state: Stamped[RobotState] | None,
         sensors: Mapping[str, Stamped[SensorReading] | None] | None = None,
     ) -> HoldReason | None:
-        """Return why the controller must hold before even asking the policy, or None."""
-        cfg = self.config
-        if state is None:
-            return HoldReason.NO_STATE
-        reason = self._age_reason(now, state.source_time, cfg.max_state_age, _STATE_AGE)
-        if reason is not None:
-            return reason
-        if self.state_problem(state.value) is not None:
-            return HoldReason.STATE_INVALID
-        if state.value.ready is not True:
-            return HoldReason.ROBOT_NOT_READY
-        if features is None:
-            return HoldReason.NO_FEATURES
-        reason = self._age_reason(now, features.source_time, cfg.max_feature_age, _FEATURES_AGE)
-        if reason is not None:
-            return reason
-        for reading in (sensors or {}).values():
-            if reading is None:
-                return HoldReason.SENSOR_MISSING
-            reason = self._age_reason(now, reading.source_time, cfg.max_sensor_age, _SENSOR_AGE)
+        """Return why the controller must hold before even asking the policy, or None.
+
+        The rules run in order and the first objection is the hold.
+        """
+        inputs = Inputs(now, features, state, sensors or {})
+        for rule in self.rules:
+            reason = rule.check(inputs, self)
             if reason is not None:
                 return reason
-            try:
-                finite = bool(np.all(np.isfinite(np.asarray(reading.value.values, dtype=float))))
-            except (TypeError, ValueError):
-                finite = False
-            if not finite:
-                return HoldReason.SENSOR_INVALID
         return None
 
     # -- action ----------------------------------------------------------------

@@ -1,21 +1,22 @@
-"""A newest-frame mailbox for PyAV-decoded frames, shared by the WebRTC and local cameras.
+"""PyAV-decoded frames in a newest-value mailbox, shared by the WebRTC and local cameras.
 
 Decoders (aiortc's, a PyAV capture thread) produce frames faster than a
-controller reads them. The mailbox keeps exactly one, the newest; a reader
-never sees a backlog, whatever its rate, and colour conversion runs only for
-frames that are actually read (`Frame`'s lazy converter), on the reader's
-thread.
+controller reads them. A camera's mailbox is a `LatestValue[Arrived]` (the
+one newest-value primitive, `drivers.newest`): it keeps exactly one frame,
+the newest, so a reader never sees a backlog, whatever its rate; colour
+conversion runs only for frames that are actually read (`Frame`'s lazy
+converter), on the reader's thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import Frame, TimeSource
+from drivers.newest import LatestValue
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,11 @@ Stamper = Callable[[Any, float], tuple[float, TimeSource]]
 
 @dataclass(frozen=True, slots=True)
 class Arrived:
-    """A frame as the pump saw it: the decoder's frame plus where it sits in time."""
+    """A frame as the decoder delivered it: the decoded frame plus where it sits in time.
+
+    The mailbox's `source_time` is `capture`; `arrival` is kept beside it
+    because a camera's liveness watchdog judges arrivals, not capture times.
+    """
 
     frame: Any  # av.VideoFrame (kept unconverted)
     arrival: float
@@ -33,67 +38,21 @@ class Arrived:
     time_source: TimeSource
 
 
-class NewestFrame:
-    """A one-frame mailbox shared by every session of one camera.
+async def newest_frames(box: LatestValue[Arrived], camera: str) -> AsyncIterator[Frame]:
+    """Yield each newest frame of `box` once, skipping any replaced before it was read.
 
-    Sessions come and go (reconnects, a new publisher); the mailbox and the
-    reader's `frames()` iterator stay, so the controller's stream never ends
-    while the camera is open. Publishing replaces; nothing is queued.
+    Yields nothing while the stream is stale; ends when the box is closed,
+    raising the error it was closed with, if any. `Frame.seq` is the box's
+    version, so a gap in `seq` is a frame dropped as stale.
     """
+    async for stamped in box.stream():
+        yield to_frame(camera, stamped.value, stamped.version)
 
-    def __init__(self, camera: str) -> None:
-        self.camera = camera
-        self._newest: Arrived | None = None
-        self._seq = 0
-        self._changed = asyncio.Event()
-        self._closed = False
-        self.received = 0
-        self.dropped_unread = 0
-        self._read_seq = 0
 
-    @property
-    def seq(self) -> int:
-        return self._seq
-
-    @property
-    def newest(self) -> Arrived | None:
-        return self._newest
-
-    @property
-    def last_arrival(self) -> float | None:
-        return None if self._newest is None else self._newest.arrival
-
-    def put(self, item: Arrived) -> None:
-        if self._closed:
-            return
-        if self._newest is not None and self._read_seq < self._seq:
-            self.dropped_unread += 1
-        self._newest = item
-        self._seq += 1
-        self.received += 1
-        self._wake()
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
-
-    async def frames(self) -> AsyncIterator[Frame]:
-        """Yield each newest frame once; skip any replaced before it was read.
-
-        Yields nothing while the stream is stale; ends only on `close()`.
-        """
-        seen = 0
-        while not self._closed:
-            if self._seq > seen and self._newest is not None:
-                seen = self._seq
-                self._read_seq = seen
-                yield to_frame(self.camera, self._newest, seen)
-                continue
-            await self._changed.wait()
+def last_arrival(box: LatestValue[Arrived]) -> float | None:
+    """When the newest frame arrived (None before the first); does not mark it read."""
+    newest = box.peek()
+    return None if newest is None else newest.value.arrival
 
 
 def to_frame(camera: str, item: Arrived, seq: int) -> Frame:

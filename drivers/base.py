@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import types
-import typing
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, runtime_checkable
@@ -35,6 +33,7 @@ from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, runtime_chec
 import numpy as np
 
 from drivers.errors import DriverConfigError
+from drivers.options import build
 
 C = TypeVar("C")
 
@@ -232,95 +231,14 @@ def build_config(config_cls: type[C], options: Mapping[str, Any], *, what: str) 
 
     Unknown keys and values of the wrong type are refused with a message that
     names the option, the value and what is accepted, so a typo in a TOML file
-    or on the command line never reaches the hardware as a default.
+    or on the command line never reaches the hardware as a default. The
+    parsing is `drivers.options` (shared with the controller's settings and
+    the policies' options); ranges are the config's own `__post_init__`, or
+    `drivers.options.validate` for fields declared with `option(...)`.
     """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{config_cls!r} is not a dataclass")
-    hints = typing.get_type_hints(config_cls)
-    fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
-    kwargs: dict[str, Any] = {}
-    for raw_key, value in options.items():
-        key = raw_key.replace("-", "_")
-        if key not in fields:
-            accepted = ", ".join(sorted(fields)) or "none"
-            raise DriverConfigError(f"{what}: unknown option {raw_key!r} (accepted: {accepted})")
-        kwargs[key] = _coerce(hints[key], value, f"{what}: option {raw_key!r}")
-    try:
-        return config_cls(**kwargs)
-    except DriverConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise DriverConfigError(f"{what}: {exc}") from None
-
-
-def _coerce(hint: Any, value: Any, what: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, what)
-            except DriverConfigError as exc:
-                errors.append(str(exc))
-        raise DriverConfigError(errors[0] if errors else f"{what}: bad value {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value in choices:
-            return value
-        raise DriverConfigError(f"{what}: {value!r} is not one of {', '.join(map(repr, choices))}")
-    if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise DriverConfigError(f"{what}: expected a list, got {value!r}")
-        args = typing.get_args(hint)
-        item = args[0] if args else Any
-        items = [_coerce(item, v, what) for v in value]
-        return tuple(items) if origin is tuple else items
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in (
-            "1",
-            "true",
-            "yes",
-            "on",
-            "0",
-            "false",
-            "no",
-            "off",
-        ):
-            return value.lower() in ("1", "true", "yes", "on")
-        raise DriverConfigError(f"{what}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise DriverConfigError(f"{what}: expected an integer, got {value!r}")
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise DriverConfigError(f"{what}: expected an integer, got {value!r}") from None
-    if hint is float:
-        if isinstance(value, bool):
-            raise DriverConfigError(f"{what}: expected a number, got {value!r}")
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise DriverConfigError(f"{what}: expected a number, got {value!r}") from None
-        if not np.isfinite(out):
-            raise DriverConfigError(f"{what}: expected a finite number, got {value!r}")
-        return out
-    if hint is str:
-        if not isinstance(value, str):
-            raise DriverConfigError(f"{what}: expected a string, got {value!r}")
-        return value
-    return value
+    return build(config_cls, options, where=what, error=DriverConfigError)
 
 
 class ConfiguredDriver:

@@ -18,10 +18,11 @@ threads, which own the torch device, never on the event loop.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from drivers import options as schema
 from drivers.base import Frame, RobotInfo, RobotState, SensorReading
 from drivers.registry import PluginRegistry
 
@@ -54,6 +55,35 @@ class Policy(Protocol):
     ) -> np.ndarray: ...
 
 
+OptionsT = TypeVar("OptionsT")
+
+
+@runtime_checkable
+class PolicyClass(Protocol):
+    """What a `controller.policies` entry point names: a class that builds a policy from options.
+
+    `Options` is the policy's option schema: a dataclass whose fields carry
+    `drivers.options.option(...)` metadata (type, default, unit, range, help).
+    `from_options` reads the `[policy]` table and `--policy-option KEY=VALUE`
+    values with it (`parse_options`), and `python -m controller --policy NAME
+    --help-policy` lists it, so a policy's options are declared once, by the
+    policy, and the controller's CLI carries none of them.
+    """
+
+    Options: ClassVar[type]
+
+    def from_options(self, options: Mapping[str, Any]) -> Policy: ...
+
+
+def parse_options(
+    options_cls: type[OptionsT], options: Mapping[str, Any], *, what: str
+) -> OptionsT:
+    """A policy's options dataclass from a table; a refusal is one `PolicyConfigError` line."""
+    from policies.errors import PolicyConfigError
+
+    return schema.build(options_cls, options, where=what, error=PolicyConfigError)
+
+
 _policies = PluginRegistry(POLICY_GROUP)
 
 
@@ -62,13 +92,25 @@ def available() -> dict[str, str]:
     return _policies.describe()
 
 
-def create(name: str, options: Mapping[str, Any] | None = None) -> Policy:
-    """Load a policy class by name and build it from options (`from_options`)."""
+def _load(name: str) -> Any:
     from drivers.errors import DriverConfigError
     from policies.errors import PolicyConfigError
 
     try:
-        cls = _policies.load(name, what="policy")
+        return _policies.load(name, what="policy")
     except DriverConfigError as exc:
         raise PolicyConfigError(str(exc)) from None
-    return cls.from_options(dict(options or {}))
+
+
+def create(name: str, options: Mapping[str, Any] | None = None) -> Policy:
+    """Load a policy class by name and build it from options (`from_options`)."""
+    return _load(name).from_options(dict(options or {}))
+
+
+def describe_options(name: str) -> str:
+    """The options a policy declares (its `Options` schema), one per line, for `--help-policy`."""
+    options_cls = getattr(_load(name), "Options", None)
+    if options_cls is None:
+        return f"policy {name!r} declares no option schema (no `Options` class attribute)"
+    lines = [f"options of policy {name!r} (--policy-option KEY=VALUE, or keys of [policy]):"]
+    return "\n".join(lines + schema.describe_options(options_cls))

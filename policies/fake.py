@@ -11,6 +11,7 @@ executor so the same latency passes in virtual time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from drivers.base import Frame, RobotInfo, RobotState, SensorReading
+from drivers.options import option, validate
+from policies.base import parse_options
 from policies.errors import PolicyConfigError
 
 _DIST = re.compile(r"^\s*(uniform|normal)\s*\(\s*([^,]+)\s*,\s*([^)]+)\s*\)\s*$")
@@ -79,11 +82,29 @@ class FakeFeatures:
     instruction: str
 
 
-def _finite(name: str, value: Any) -> float:
-    """A finite number option; TOML and `--policy-option` can hand over any type."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PolicyConfigError(f"fake policy: {name} must be a finite number, got {value!r}")
-    return float(value)
+@dataclass(frozen=True, slots=True)
+class FakePolicyOptions:
+    """The fake policy's options: `--policy fake --policy-option KEY=VALUE`, or `[policy]` keys."""
+
+    vl_latency: float | str | Latency = option(
+        0.3,
+        help="time one VL encode takes",
+        accepted="seconds >= 0, uniform(lo, hi) or normal(mean, std)",
+    )
+    action_latency: float | str | Latency = option(
+        0.015,
+        help="time one action takes",
+        accepted="seconds >= 0, uniform(lo, hi) or normal(mean, std)",
+    )
+    horizon: int = option(8, help="rows of each action chunk", low=1)
+    amplitude: float = option(0.2, help="amplitude of the sine every joint follows", unit="rad")
+    frequency: float = option(0.1, help="frequency of that sine", unit="Hz")
+    seed: int = option(0, help="seed of the latency draws", low=0)
+
+    def __post_init__(self) -> None:
+        validate(self, error=PolicyConfigError, where="fake policy: ")
+        Latency.parse(self.vl_latency, "vl_latency")
+        Latency.parse(self.action_latency, "action_latency")
 
 
 class FakePolicy:
@@ -93,6 +114,7 @@ class FakePolicy:
     """
 
     name = "fake"
+    Options = FakePolicyOptions
 
     def __init__(
         self,
@@ -104,17 +126,12 @@ class FakePolicy:
         seed: int = 0,
         burn: Callable[[float], None] = time.sleep,
     ) -> None:
+        FakePolicyOptions(vl_latency, action_latency, horizon, amplitude, frequency, seed)
         self.vl_latency = Latency.parse(vl_latency, "vl_latency")
         self.action_latency = Latency.parse(action_latency, "action_latency")
-        if isinstance(horizon, bool) or not (isinstance(horizon, int) and horizon >= 1):
-            raise PolicyConfigError(
-                f"fake policy: horizon must be an integer >= 1, got {horizon!r}"
-            )
-        if isinstance(seed, bool) or not (isinstance(seed, int) and seed >= 0):
-            raise PolicyConfigError(f"fake policy: seed must be an integer >= 0, got {seed!r}")
         self.horizon = horizon
-        self.amplitude = _finite("amplitude", amplitude)
-        self.frequency = _finite("frequency", frequency)
+        self.amplitude = float(amplitude)
+        self.frequency = float(frequency)
         self._rng_vl = np.random.default_rng(seed)
         self._rng_act = np.random.default_rng(seed + 1)
         self.burn = burn
@@ -127,13 +144,8 @@ class FakePolicy:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> FakePolicy:
-        known = {"vl_latency", "action_latency", "horizon", "amplitude", "frequency", "seed"}
-        unknown = set(options) - known
-        if unknown:
-            raise PolicyConfigError(
-                f"fake policy: unknown option(s) {', '.join(sorted(unknown))} (accepted: {', '.join(sorted(known))})"
-            )
-        return cls(**options)
+        opts = parse_options(FakePolicyOptions, options, what="fake policy")
+        return cls(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)})
 
     def load(self, device: str, robot: RobotInfo, control_period: float) -> None:
         self.dof = robot.dof

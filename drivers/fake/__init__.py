@@ -5,8 +5,9 @@ harness's virtual clock a 60 s scenario runs in milliseconds; they are
 registered through entry points exactly like the real drivers.
 """
 
+from drivers.arms import UR5_LIMITS
 from drivers.fake.camera import FakeCamera
-from drivers.fake.robot import UR5_LIMITS, FakeRobot
+from drivers.fake.robot import FakeRobot
 from drivers.fake.sensor import FakeForceSensor
 
 __all__ = ["UR5_LIMITS", "FakeCamera", "FakeForceSensor", "FakeRobot"]

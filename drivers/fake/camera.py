@@ -14,13 +14,14 @@ import asyncio
 import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import ClassVar, Self
+from typing import ClassVar
 
 import numpy as np
 
 from drivers.base import ConfiguredDriver, Frame, now
 from drivers.fake.clock_faults import ClockFault, reported_time
 from drivers.fake.config import FakeCameraConfig
+from drivers.lifecycle import Lifecycle, periodic
 
 
 def render(width: int, height: int, t: float, seq: int) -> np.ndarray:
@@ -43,7 +44,7 @@ def render(width: int, height: int, t: float, seq: int) -> np.ndarray:
 _TRUTH_KEPT = 4096
 
 
-class FakeCamera(ConfiguredDriver):
+class FakeCamera(Lifecycle, ConfiguredDriver):
     kind: ClassVar[str] = "camera"
     Config = FakeCameraConfig
     spec_field = "name"
@@ -56,12 +57,6 @@ class FakeCamera(ConfiguredDriver):
         self._clock_fault: ClockFault | None = None
         self._frozen_at = math.nan
         self._truth: OrderedDict[int, float] = OrderedDict()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
     def stall(self, seconds: float) -> None:
         """No frames for `seconds` from now (controller clock)."""
@@ -78,12 +73,7 @@ class FakeCamera(ConfiguredDriver):
 
     async def frames(self) -> AsyncIterator[Frame]:
         cfg = self.config
-        period = 1.0 / cfg.fps
-        t0 = now()
-        k = 0
-        while True:
-            k += 1
-            await asyncio.sleep(max(0.0, t0 + k * period - now()))
+        async for _ in periodic(1.0 / cfg.fps):
             capture = now()
             if capture < self._stalled_until:
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from drivers.arms import UR5_HOME
 from drivers.errors import DriverConfigError
 
 
@@ -15,14 +16,18 @@ def _positive(name: str, value: float) -> None:
 @dataclass(frozen=True, slots=True)
 class FakeRobotConfig:
     name: str = "fake"
+    #: Number of joints: 6 is a UR5 (its joint names and limits); any other
+    #: count gets UR5-like joints named joint_0, joint_1, ...
+    joints: int = 6
     #: State samples per second (a UR CB3 streams at 125 Hz).
     rate_hz: float = 125.0
     #: First-order time constant of each joint toward its target (s).
     time_constant: float = 0.05
     #: Delay between a state's capture and its delivery, and of each command (s).
     latency: float = 0.0
-    #: Initial joint positions (rad); default: a UR5 "home" pose.
-    initial: tuple[float, ...] = (0.0, -1.57, 1.57, -1.57, -1.57, 0.0)
+    #: Initial joint positions (rad), one per joint; default: a UR5 "home"
+    #: pose for 6 joints, all zeros for another count.
+    initial: tuple[float, ...] = ()
     #: Seconds `async with` takes to connect (to test stops requested while connecting).
     connect_delay: float = 0.0
     #: `stop()` never returns (a wedged link), to test that every exit is bounded.
@@ -37,8 +42,16 @@ class FakeRobotConfig:
             raise DriverConfigError(
                 f"connect_delay must be within 0..3600 s, got {self.connect_delay!r}"
             )
-        if len(self.initial) != 6:
-            raise DriverConfigError(f"initial must have 6 joint positions, got {len(self.initial)}")
+        if not 1 <= self.joints <= 64:
+            raise DriverConfigError(f"joints must be within 1..64, got {self.joints!r}")
+        if not self.initial:
+            home = UR5_HOME if self.joints == len(UR5_HOME) else (0.0,) * self.joints
+            object.__setattr__(self, "initial", home)
+        if len(self.initial) != self.joints:
+            raise DriverConfigError(
+                f"initial must have {self.joints} joint positions (one per joint),"
+                f" got {len(self.initial)}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

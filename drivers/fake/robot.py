@@ -1,5 +1,8 @@
 """A fake UR5-like arm: first-order joint dynamics, a state stream, and injectable faults.
 
+Six joints with a UR5's names and limits by default; `joints=N` gives an
+N-joint arm with UR5-like joints, for policies and tests of other arms.
+
 Good enough to test the controller against: it refuses commands while
 "disconnected" (`ConnectionLost`), protectively stopped or stopped by an
 operator (`NotReady`), stops streaming state while the link is down, delays
@@ -25,11 +28,12 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from drivers.arms import UR5_JOINTS, UR5_LIMITS
-from drivers.base import ConfiguredDriver, JointCommand, RobotInfo, RobotState, now
+from drivers.arms import arm_info
+from drivers.base import ConfiguredDriver, JointCommand, RobotState, now
 from drivers.errors import ConnectionLost, NotReady
 from drivers.fake.clock_faults import ClockFault, reported_time
 from drivers.fake.config import FakeRobotConfig
+from drivers.lifecycle import Lifecycle, periodic
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ log = logging.getLogger(__name__)
 _TRUTH_KEPT = 4096
 
 
-class FakeRobot(ConfiguredDriver):
+class FakeRobot(Lifecycle, ConfiguredDriver):
     kind: ClassVar[str] = "robot"
     Config = FakeRobotConfig
     spec_field = "name"
@@ -45,9 +49,9 @@ class FakeRobot(ConfiguredDriver):
     def __init__(self, config: FakeRobotConfig | None = None) -> None:
         self.config = config or FakeRobotConfig()
         self.name = self.config.name
-        self.info = RobotInfo(self.name, UR5_JOINTS, UR5_LIMITS)
+        self.info = arm_info(self.name, self.config.joints)
         self._q = np.array(self.config.initial, dtype=np.float64)
-        self._qd = np.zeros(6)
+        self._qd = np.zeros(self.info.dof)
         self._target = self._q.copy()
         self._t: float | None = None
         self.connected = False
@@ -76,8 +80,10 @@ class FakeRobot(ConfiguredDriver):
         self._t = now()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    async def _leave_safe(self) -> None:
+        await self.stop()  # `async with` ends here, then in close()
+
+    async def _release(self) -> None:
         self.connected = False
 
     # -- physics -----------------------------------------------------------
@@ -91,7 +97,7 @@ class FakeRobot(ConfiguredDriver):
         self._t = t
         alpha = 1.0 - np.exp(-dt / self.config.time_constant)
         step = (self._target - self._q) * alpha
-        max_step = UR5_LIMITS.max_velocity * dt
+        max_step = self.info.limits.max_velocity * dt
         step = np.clip(step, -max_step, max_step)
         self._q = self._q + step
         self._qd = step / dt
@@ -180,15 +186,11 @@ class FakeRobot(ConfiguredDriver):
 
     # -- driver interface --------------------------------------------------
     async def states(self) -> AsyncIterator[RobotState]:
-        period = 1.0 / self.config.rate_hz
-        t0 = now()
-        k = 0
-        while True:
-            k += 1
-            await asyncio.sleep(max(0.0, t0 + k * period - now()))
+        ticks = periodic(1.0 / self.config.rate_hz)
+        async for _ in ticks:
             if not self.link_up:
                 await self._link_restored.wait()
-                t0, k = now(), 0
+                ticks.restart()  # a relinked arm streams from now, not from its old grid
                 continue
             capture = now()
             self._advance(capture)
@@ -224,8 +226,10 @@ class FakeRobot(ConfiguredDriver):
             raise NotReady(f"{self.name}: protective stop")
         if self.operator_stopped:
             raise NotReady(f"{self.name}: stopped by an operator")
-        if len(cmd.positions) != 6:
-            raise ValueError(f"{self.name}: expected 6 joint targets, got {len(cmd.positions)}")
+        if len(cmd.positions) != self.info.dof:
+            raise ValueError(
+                f"{self.name}: expected {self.info.dof} joint targets, got {len(cmd.positions)}"
+            )
         if self.config.latency:
             await asyncio.sleep(self.config.latency)
         self._advance(now())

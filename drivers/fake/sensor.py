@@ -6,18 +6,18 @@ silent bus, a saturated or broken channel).
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator
-from typing import ClassVar, Self
+from typing import ClassVar
 
 import numpy as np
 
 from drivers.base import ConfiguredDriver, SensorReading, now
 from drivers.fake.config import FakeForceSensorConfig
+from drivers.lifecycle import Lifecycle, periodic
 
 
-class FakeForceSensor(ConfiguredDriver):
+class FakeForceSensor(Lifecycle, ConfiguredDriver):
     kind: ClassVar[str] = "sensor"
     Config = FakeForceSensorConfig
     spec_field = "name"
@@ -28,12 +28,6 @@ class FakeForceSensor(ConfiguredDriver):
         self._stalled_until = -math.inf
         self._nan = False
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
     def stall(self, seconds: float) -> None:
         """No readings for `seconds` from now (controller clock)."""
         self._stalled_until = now() + seconds
@@ -43,13 +37,8 @@ class FakeForceSensor(ConfiguredDriver):
         self._nan = on
 
     async def readings(self) -> AsyncIterator[SensorReading]:
-        period = 1.0 / self.config.rate_hz
-        t0 = now()
-        k = 0
         phases = np.arange(6) * 0.5
-        while True:
-            k += 1
-            await asyncio.sleep(max(0.0, t0 + k * period - now()))
+        async for _ in periodic(1.0 / self.config.rate_hz):
             t = now()
             if t < self._stalled_until:
                 continue

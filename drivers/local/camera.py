@@ -1,8 +1,10 @@
 """Local cameras read by PyAV in a reader thread that keeps only the newest frame.
 
 Demuxing and decoding block, so they run on a thread of their own; the
-thread never queues: it overwrites one slot and wakes the loop only if no
-wake-up is pending. Colour conversion is left to the reader (lazy `Frame`).
+thread publishes into the camera's mailbox through a `ThreadPublisher`
+(`drivers.newest`): it never blocks and never queues, and wakes the loop
+only if no wake-up is pending. Colour conversion is left to the reader
+(lazy `Frame`).
 V4L2 frames carry the kernel's capture timestamp (CLOCK_MONOTONIC on
 current kernels); where it is not plausible, the read time is used instead.
 lavfi sources produce frames as fast as asked, so the thread paces them to
@@ -19,17 +21,19 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Self
 
-from drivers.av_frames import Arrived, NewestFrame
+from drivers.av_frames import Arrived, newest_frames
 from drivers.base import ConfiguredDriver, Frame, TimeSource
 from drivers.errors import DriverConfigError
+from drivers.lifecycle import Lifecycle
 from drivers.local.config import LocalCameraConfig
+from drivers.newest import LatestValue, ThreadPublisher
 
 log = logging.getLogger(__name__)
 
 KERNEL_PLAUSIBLE_S = 5.0
 
 
-class LocalCamera(ConfiguredDriver):
+class LocalCamera(Lifecycle, ConfiguredDriver):
     kind: ClassVar[str] = "local"
     Config: ClassVar[type] = LocalCameraConfig
     spec_field: ClassVar[str | None] = "source"
@@ -39,16 +43,12 @@ class LocalCamera(ConfiguredDriver):
     def __init__(self, config: LocalCameraConfig) -> None:
         self.config = config
         self.name = config.name or self.default_name()
-        self.newest = NewestFrame(self.name)
+        self.newest: LatestValue[Arrived] = LatestValue(self.name)
         self.frames_read = 0
         self._container: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._pending: tuple[Any, float] | None = None
-        self._wake_scheduled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        self._publisher: ThreadPublisher[tuple[Any, float], Arrived] | None = None
 
     def default_name(self) -> str:
         return os.path.basename(self.config.source) or self.kind
@@ -59,7 +59,7 @@ class LocalCamera(ConfiguredDriver):
     async def __aenter__(self) -> Self:
         import av
 
-        self._loop = asyncio.get_running_loop()
+        self._publisher = ThreadPublisher(self.newest, asyncio.get_running_loop(), self._stamp)
         try:
             self._container = await asyncio.to_thread(
                 av.open, self.config.source, format=self.av_format, options=self.av_options()
@@ -75,20 +75,20 @@ class LocalCamera(ConfiguredDriver):
         self._thread.start()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
+        """Stop the reader thread (bounded: a wedged device read is left behind), end `frames()`."""
         self._stop.set()
         thread = self._thread
-        if thread is not None:
-            await asyncio.to_thread(thread.join, 5.0)
-        if self._container is not None and (thread is None or not thread.is_alive()):
-            self._container.close()
-        self.newest.close()
+        try:
+            if thread is not None:
+                await asyncio.to_thread(thread.join, 5.0)
+            if self._container is not None and (thread is None or not thread.is_alive()):
+                self._container.close()
+        finally:
+            self.newest.close()
 
     def frames(self) -> AsyncIterator[Frame]:
-        return self.newest.frames()
+        return newest_frames(self.newest, self.name)
 
     # ------------------------------------------------------------ reader thread
 
@@ -110,30 +110,19 @@ class LocalCamera(ConfiguredDriver):
                     if delay > 0 and self._stop.wait(delay):
                         return
                 self.frames_read += 1
-                with self._lock:
-                    self._pending = (vf, time.monotonic())
-                    if self._wake_scheduled:
-                        continue
-                    self._wake_scheduled = True
-                try:
-                    self._loop.call_soon_threadsafe(self._deliver)  # type: ignore[union-attr]
-                except RuntimeError:  # loop closed
-                    return
+                if not self._publisher.publish((vf, time.monotonic())):  # type: ignore[union-attr]
+                    return  # loop closed
         except av.FFmpegError as exc:
             log.error("camera %s: reading stopped: %s", self.name, exc)
 
-    def _deliver(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, None
-            self._wake_scheduled = False
-        if pending is None:
-            return
-        vf, read_mono = pending
+    def _stamp(self, read: tuple[Any, float]) -> tuple[Arrived, float]:
+        """On the loop: map the thread's read time to the loop clock and stamp the frame."""
+        vf, read_mono = read
         loop_now = asyncio.get_running_loop().time()
         to_loop = loop_now - time.monotonic()  # 0 for asyncio's own loop
         arrival = read_mono + to_loop
         capture, source = self.capture_time(vf, read_mono, arrival, to_loop)
-        self.newest.put(Arrived(vf, arrival, capture, source))
+        return Arrived(vf, arrival, capture, source), capture
 
     def capture_time(
         self, vf: Any, read_mono: float, arrival: float, to_loop: float

@@ -1,10 +1,11 @@
 """The UR5 `RobotDriver`: RTDE state in, input registers out, our program in between.
 
 One supervisor task owns the link: it connects, uploads the control program,
-streams states and reconnects with backoff when anything goes wrong, so a
-dropped cable or a garbled packet never ends the controller's run. States
-carry the controller clock (`drivers.base.now()`), mapped from the robot's
-RTDE `timestamp` by `ClockMap`.
+streams states and reconnects with backoff (`reconnect_with_backoff`) when
+anything goes wrong, so a dropped cable or a garbled packet never ends the
+controller's run. States carry the controller clock (`drivers.base.now()`),
+mapped from the robot's RTDE `timestamp` by `ClockMap`, and are handed to
+`states()` and to the driver's own waits through one `LatestValue`.
 
 Operator authority: the driver restarts its program on its own only after a
 stop it caused itself, and only on positive evidence of that: the program's
@@ -37,6 +38,8 @@ from drivers.base import (
     now,
 )
 from drivers.errors import ConnectionLost, DriverError, NotReady, ProtocolError
+from drivers.lifecycle import Backoff, Lifecycle, Reconnects, cancel_bounded, reconnect_with_backoff
+from drivers.newest import LatestValue, SlotClosed
 from drivers.ur import program
 from drivers.ur.config import UR5Config
 from drivers.ur.dashboard import DashboardClient
@@ -103,8 +106,6 @@ ROBOT_RUNNING, SAFETY_PROTECTIVE, RUNTIME_PLAYING = 7, 3, 2
 JOINT_LIMIT_MARGIN = 0.2  # rad
 #: A measured joint speed above this multiple of the arm's limit is not a measurement.
 SPEED_PLAUSIBLE_FACTOR = 2.0
-#: close() waits this long for each background task to honour its cancellation.
-TASK_CANCEL_BOUND = 1.0  # s
 #: Starts of our program in a row that its watchdog may stop before it is given up.
 START_ATTEMPTS = 3
 
@@ -250,7 +251,7 @@ class ClockMap:
         return device_time + self.offset
 
 
-class UR5Robot(ConfiguredDriver):
+class UR5Robot(Lifecycle, ConfiguredDriver):
     kind: ClassVar[str] = "robot"
     Config: ClassVar[type] = UR5Config
     spec_field: ClassVar[str | None] = "host"
@@ -263,8 +264,8 @@ class UR5Robot(ConfiguredDriver):
         self.clock = ClockMap()
         self.connects = 0
         self.commands_sent = 0
-        #: sessions that ended in an error (any type): reconnects go on regardless
-        self.session_failures = 0
+        #: the supervisor's reconnects: sessions that failed (any type), the last error
+        self.reconnects = Reconnects()
         #: program starts, by the driver itself or through resume()
         self.program_starts = 0
         self._client: RtdeClient | None = None
@@ -272,17 +273,16 @@ class UR5Robot(ConfiguredDriver):
         self._seq = 0
         self._heartbeat = 0
         self._last_send = -math.inf
-        self._latest: RobotState | None = None
+        #: the newest state, for states() and for the driver's own waits
+        self._states: LatestValue[RobotState] = LatestValue(f"{self.name} state")
+        #: the raw RTDE sample behind the newest state
         self._latest_values: dict[str, Any] | None = None
         self._last_valid_q: np.ndarray | None = None
         self._invalid: str | None = None
-        self._new_state = asyncio.Event()
         self._connected = asyncio.Event()
-        self._last_error: str = "not connected yet"
         self._supervisor: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._recovery_kind = ""
-        self._closed = False
         # operator authority (see the module docstring)
         self._latch: str | None = None
         self._program_seen = False  # our program confirmed running (it acked our start)
@@ -291,9 +291,19 @@ class UR5Robot(ConfiguredDriver):
 
     # ---------------------------------------------------------------- lifecycle
 
+    @property
+    def session_failures(self) -> int:
+        """Sessions that ended in an error (any type): reconnects go on regardless."""
+        return self.reconnects.failures
+
+    @property
+    def latest_state(self) -> RobotState | None:
+        """The newest state published (None before the first), without consuming it."""
+        stamped = self._states.peek()
+        return None if stamped is None else stamped.value
+
     async def __aenter__(self) -> Self:
-        self._closed = False
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"{self.name}-rtde")
+        self._supervisor = self.spawn(self._supervise(), "rtde")
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 await self._connected.wait()
@@ -301,7 +311,8 @@ class UR5Robot(ConfiguredDriver):
             await self.close()
             raise ConnectionLost(
                 f"{self.name}: no RTDE link to {self.config.host} within"
-                f" {self.config.connect_timeout:g} s (last error: {self._last_error})"
+                f" {self.config.connect_timeout:g} s (last error:"
+                f" {self.reconnects.last_error or 'not connected yet'})"
             ) from None
         except BaseException:
             # Cancelled (an operator's stop while connecting) or failed: a context
@@ -310,40 +321,27 @@ class UR5Robot(ConfiguredDriver):
             raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            await self.stop()
-        finally:
-            await self.close()
+    async def _leave_safe(self) -> None:
+        await self.stop()  # `async with` ends here, then in close()
 
-    async def close(self) -> None:
-        """Cancel the link's tasks and close the socket; safe to call twice, and bounded:
-        a task that ignores its cancellation is waited for `TASK_CANCEL_BOUND` s, then left."""
-        self._closed = True
-        tasks = [t for t in (self._recovery, self._supervisor) if t is not None]
+    async def _release(self) -> None:
+        """After the link's tasks ended (`Lifecycle.close`: safe twice, bounded; the
+        supervisor's cancellation closed the socket): end the states() iterators."""
         self._recovery = self._supervisor = None
-        for task in tasks:
-            await _cancel_bounded(task, f"{self.name}: {task.get_name()}")
-        self._new_state.set()  # wake states() iterators so they can see the close
+        self._states.close()
 
     # ---------------------------------------------------------------- RobotDriver
 
     async def states(self) -> AsyncIterator[RobotState]:
-        last: RobotState | None = None
-        while not self._closed:
-            state = self._latest
-            if state is not None and state is not last:
-                last = state
-                yield state
-                continue
-            event = self._new_state
-            await event.wait()
+        """Each newest state once (none is queued); ends when the driver closes."""
+        async for stamped in self._states.stream():
+            yield stamped.value
 
     async def command(self, cmd: JointCommand) -> None:
         client = self._client
         if client is None or not client.connected or self._inputs is None:
             raise ConnectionLost(f"{self.name}: RTDE link down, command {cmd.seq} not sent")
-        state = self._latest
+        state = self.latest_state
         if state is None or not state.ready:
             raise NotReady(f"{self.name}: {state.mode if state else 'no state yet'}")
         q = np.asarray(cmd.positions, dtype=float)
@@ -397,11 +395,14 @@ class UR5Robot(ConfiguredDriver):
                 await self._send(client, self.params.inputs(seq, program.MODE_STOP, list(q), 0))
                 if not self._program_seen:
                     return
-                while True:
+
+                def acked() -> bool:
                     latest = self._latest_values
-                    if latest is not None and int(latest.get(self.params.ack_name, -1)) == seq:
-                        return
-                    await self._new_state.wait()
+                    return latest is not None and int(latest.get(self.params.ack_name, -1)) == seq
+
+                await self._wait_for(acked, self.config.stop_timeout)
+        except SlotClosed:
+            log.warning("%s: stop() not acknowledged: the driver closed meanwhile", self.name)
         except TimeoutError:
             log.warning(
                 "%s: stop() not acknowledged within %.2f s", self.name, self.config.stop_timeout
@@ -423,9 +424,9 @@ class UR5Robot(ConfiguredDriver):
         # unlocked on the pendant must not be refused on a sample from before.
         before = self._latest_values
         try:
-            async with asyncio.timeout(self.config.stale_after):
-                while self._latest_values is before and not self._closed:
-                    await self._new_state.wait()
+            await self._wait_for(lambda: self._latest_values is not before, self.config.stale_after)
+        except SlotClosed:
+            raise ConnectionLost(f"{self.name}: closed, cannot resume") from None
         except TimeoutError:
             raise ConnectionLost(
                 f"{self.name}: no RTDE data for {self.config.stale_after:g} s, cannot resume"
@@ -473,43 +474,28 @@ class UR5Robot(ConfiguredDriver):
         self._last_send = now()
 
     async def _wait_for(self, cond: Callable[[], bool], limit: float) -> None:
-        """Wait (bounded) until `cond()` holds, re-checking on every new sample."""
+        """Wait (bounded) until `cond()` holds, re-checking on every new sample.
+
+        Raises TimeoutError after `limit` s, `SlotClosed` once the driver closed.
+        The waits never consume a state: `states()` still sees every newest one.
+        """
         async with asyncio.timeout(limit):
+            version = self._states.version
             while not cond():
-                await self._new_state.wait()
+                version = (await self._states.wait_newer(version, mark_read=False)).version
 
     async def _supervise(self) -> None:
-        backoff = self.config.reconnect_min
-        while not self._closed:
-            try:
-                await self._session()
-            except asyncio.CancelledError:
-                raise
-            except (DriverError, OSError) as exc:
-                self.session_failures += 1
-                self._last_error = str(exc)
-                log.warning(
-                    "%s: RTDE link lost: %s; reconnecting in %.2f s", self.name, exc, backoff
-                )
-            except Exception as exc:  # a bug must never end the reconnects silently
-                self.session_failures += 1
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                log.error(
-                    "%s: RTDE session failed with %s: %s (failure %d); reconnecting in %.2f s",
-                    self.name,
-                    type(exc).__name__,
-                    exc,
-                    self.session_failures,
-                    backoff,
-                    exc_info=self.session_failures == 1,
-                )
-            if self._connected.is_set():
-                backoff = self.config.reconnect_min
-            self._connected.clear()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.config.reconnect_max)
+        cfg = self.config
+        await reconnect_with_backoff(
+            self._session,
+            what=f"{self.name}: RTDE link",
+            backoff=Backoff(cfg.reconnect_min, cfg.reconnect_max),
+            logger=log,
+            stats=self.reconnects,
+        )
 
-    async def _session(self) -> None:
+    async def _session(self, link: Reconnects) -> None:
+        """One RTDE session, from connect until the link dies (it never returns otherwise)."""
         cfg = self.config
         client = RtdeClient(cfg.host, cfg.rtde_port, timeout=cfg.connect_timeout)
         keepalive: asyncio.Task[None] | None = None
@@ -522,7 +508,7 @@ class UR5Robot(ConfiguredDriver):
             await client.start()
             self.clock.new_session()  # it may reach a restarted controller
             if self._recovery is not None:  # decided on the old session's samples: void
-                await _cancel_bounded(self._recovery, f"{self.name}: restart")
+                await cancel_bounded(self._recovery, f"{self.name}: restart")
                 self._recovery = None
             self._program_seen = False
             self._await_seq = None
@@ -547,9 +533,10 @@ class UR5Robot(ConfiguredDriver):
             self._client = client
             self.connects += 1
             self._connected.set()
+            link.healthy()
             if start:
                 self._spawn_start("connect")
-            keepalive = asyncio.create_task(self._keepalive(client), name=f"{self.name}-keepalive")
+            keepalive = self.spawn(self._keepalive(client), "keepalive")
             while True:
                 try:
                     async with asyncio.timeout(cfg.stale_after):
@@ -561,8 +548,9 @@ class UR5Robot(ConfiguredDriver):
                 self._publish(values)
         finally:
             self._client = None
+            self._connected.clear()
             if keepalive is not None:
-                await _cancel_bounded(keepalive, f"{self.name}: keepalive")
+                await cancel_bounded(keepalive, f"{self.name}: keepalive")
             await client.close()
 
     async def _await_running(self, client: RtdeClient) -> None:
@@ -711,9 +699,9 @@ class UR5Robot(ConfiguredDriver):
             tcp_force=vectors["actual_TCP_force"],
             time_source="device",
         )
-        self._latest, self._latest_values = state, values
-        event, self._new_state = self._new_state, asyncio.Event()
-        event.set()
+        self._latest_values = values
+        if not self._states.closed:
+            self._states.publish(state, capture, now=arrival)
 
     def _track_program(self, values: dict[str, Any]) -> None:
         """Confirm our program's start, and explain its end the moment it happens."""
@@ -766,7 +754,7 @@ class UR5Robot(ConfiguredDriver):
 
     def _spawn_start(self, kind: str) -> asyncio.Task[None]:
         self._recovery_kind = kind
-        task = asyncio.create_task(self._start(kind), name=f"{self.name}-start-{kind}")
+        task = self.spawn(self._start(kind), f"start-{kind}")
         self._recovery = task
         return task
 
@@ -865,21 +853,3 @@ def _describe_stop(values: dict[str, Any], fault: str | None) -> str:
     if name in ("PAUSING", "PAUSED"):
         return "PROGRAM PAUSED by operator"
     return f"PROGRAM {name} by operator"
-
-
-async def _cancel_bounded(task: asyncio.Task[Any], what: str) -> None:
-    """Cancel and wait at most `TASK_CANCEL_BOUND` s: a task that ignores its cancellation
-    must not hang the close (and with it the controller's exit)."""
-    if task.done():
-        return
-    task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=TASK_CANCEL_BOUND)
-    if not done:
-        log.error(
-            "%s did not end within %.1f s of its cancellation; left behind", what, TASK_CANCEL_BOUND
-        )
-        return
-    with contextlib.suppress(asyncio.CancelledError):
-        exc = task.exception()
-        if exc is not None:
-            log.warning("%s ended with %s: %s", what, type(exc).__name__, exc)

@@ -23,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Self
 from urllib.parse import urljoin
 
 import aiohttp
 
-from drivers.base import ConfiguredDriver, Frame
+from drivers.base import ConfiguredDriver
 from drivers.errors import ConnectionLost, DriverConfigError, ProtocolError
+from drivers.lifecycle import Backoff, Reconnects, reconnect_with_backoff
 from drivers.webrtc import ice
 from drivers.webrtc.base import WebRtcCameraBase
 from drivers.webrtc.http_limits import (
@@ -61,9 +61,7 @@ class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
         super().__init__(config.camera_name())
         self.watchdog_s = config.watchdog_s
         self.connects = 0
-        self.failures = 0
-        #: the reason of the latest failed attempt, one line
-        self.last_error: str | None = None
+        self.reconnects = Reconnects()
         self.location: str | None = None
         self.fatal: BaseException | None = None
         self._pc: Any = None
@@ -73,7 +71,7 @@ class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
         if self.config.ice_addresses:
             ice.install(self.config.ice_addresses)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
-        self._spawn(self._supervise(), "supervisor")
+        self.spawn(self._supervise(), "supervisor")
         return self
 
     async def _release(self) -> None:
@@ -86,13 +84,6 @@ class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
             if self.config.ice_addresses:
                 ice.uninstall()
 
-    async def frames(self) -> AsyncIterator[Frame]:  # type: ignore[override]
-        """Newest frames; silent while stale or reconnecting; raises a fatal error."""
-        async for frame in self.newest.frames():
-            yield frame
-        if self.fatal is not None:
-            raise self.fatal
-
     def _headers(self, url: str, content_type: str | None = None) -> dict[str, str]:
         """Request headers for `url`: the token only if `url` is on the configured origin."""
         h = {"Accept": "application/sdp"}
@@ -104,48 +95,54 @@ class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
 
     # ------------------------------------------------------------ supervision
 
+    @property
+    def failures(self) -> int:
+        """Failed attempts so far (any cause)."""
+        return self.reconnects.failures
+
+    @property
+    def last_error(self) -> str | None:
+        """The reason of the latest failed attempt, one line."""
+        return self.reconnects.last_error
+
     async def _supervise(self) -> None:
         """Keep one session up; only a configuration error ends this loop.
 
         Anything else a server or a peer can cause (a garbled answer, a
         body that is not UTF-8, an aiortc assertion) is one failed attempt:
         one log line, counted, retried after a backoff capped at
-        `backoff_max_s`. Cancellation (a BaseException) passes through.
+        `backoff_max_s` (`reconnect_with_backoff`). A fatal error closes the
+        mailbox with it, so `frames()` raises it to the controller.
         """
-        backoff = self.config.backoff_s
-        while True:
-            got_frames = False
-            try:
-                await asyncio.wait_for(self._connect(), self.config.connect_timeout_s)
-                got_frames = True
-                self.connects += 1
-                self._set_stale(False, "connected")
-                await self._watch()
-            except DriverConfigError as exc:
-                log.error("camera %s: %s", self.name, exc)
-                self.fatal = exc
-                self.newest.close()
-                return
-            except Exception as exc:
-                self.failures += 1
-                self.last_error = _reason(exc)
-            finally:
-                self._set_stale(True, "session ended")
-                try:
-                    await self._teardown()
-                except Exception as exc:  # never let cleanup end the reconnect loop
-                    log.warning("camera %s: teardown failed: %s", self.name, _reason(exc))
-            if got_frames:
-                backoff = self.config.backoff_s
-            log.warning(
-                "camera %s: %s (failure %d); reconnecting in %.1f s",
-                self.name,
-                self.last_error,
-                self.failures,
-                backoff,
+        try:
+            await reconnect_with_backoff(
+                self._session,
+                what=f"camera {self.name}",
+                backoff=Backoff(self.config.backoff_s, self.config.backoff_max_s),
+                logger=log,
+                fatal=(DriverConfigError,),
+                describe=_reason,
+                stats=self.reconnects,
             )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.config.backoff_max_s)
+        except DriverConfigError as exc:
+            log.error("camera %s: %s", self.name, exc)
+            self.fatal = exc
+            self.newest.close(exc)
+
+    async def _session(self, link: Reconnects) -> None:
+        """One session: connect (bounded up to its first frame), then watch it until it dies."""
+        try:
+            await asyncio.wait_for(self._connect(), self.config.connect_timeout_s)
+            link.healthy()
+            self.connects += 1
+            self._set_stale(False, "connected")
+            await self._watch()
+        finally:
+            self._set_stale(True, "session ended")
+            try:
+                await self._teardown()
+            except Exception as exc:  # never let cleanup end the reconnect loop
+                log.warning("camera %s: teardown failed: %s", self.name, _reason(exc))
 
     async def _watch(self) -> None:
         """Return when the session is dead: no frame for `watchdog_s`, or closed."""

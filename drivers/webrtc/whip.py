@@ -19,11 +19,12 @@ import asyncio
 import logging
 from typing import ClassVar, Self
 
-from drivers.av_frames import NewestFrame
+from drivers.av_frames import Arrived, last_arrival
 from drivers.base import ConfiguredDriver
+from drivers.newest import LatestValue
 from drivers.webrtc import whip_server
 from drivers.webrtc.base import WebRtcCameraBase
-from drivers.webrtc.newest import TrackPump
+from drivers.webrtc.pump import TrackPump
 from drivers.webrtc.rtcp_clock import RtcpClock
 from drivers.webrtc.whip_config import WhipCameraConfig
 from drivers.webrtc.whip_server import WhipServer, WhipSession
@@ -76,7 +77,7 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
             await whip_server.release(self.server)
             self.server = None
             raise
-        self._spawn(self._watchdog(), "watchdog")
+        self.spawn(self._watchdog(), "watchdog")
         log.info("camera %s: waiting for a publisher at %s", self.name, self.url)
         return self
 
@@ -111,22 +112,22 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
 
     def session_offered(self, session: WhipSession) -> None:
         """Receive the candidate's frames into its own mailbox until it is admitted."""
-        box = NewestFrame(self.name)
+        box: LatestValue[Arrived] = LatestValue(self.name)
         clock = RtcpClock(session.receiver, sender_clock=self.config.sender_clock)
         pump = TrackPump(session.track, box, clock.stamp)
         pump.clock = clock  # type: ignore[attr-defined]
         pump.start()
         self._candidates[session] = pump
-        self._spawn(self._admit(session, pump), f"admit-{session.id[:8]}")
+        self.spawn(self._admit(session, pump), f"admit-{session.id[:8]}")
 
     def session_ended(self, session: WhipSession) -> None:
         pump = self._candidates.pop(session, None)
         if pump is not None and not self._closed:
-            self._spawn(pump.close(), "candidate-close")
+            self.spawn(pump.close(), "candidate-close")
         if session is self.session:
             self.session = None
             if not self._closed:
-                self._spawn(self._stop_pump(), "pump-stop")
+                self.spawn(self._stop_pump(), "pump-stop")
             self._set_stale(True, "publisher gone")
 
     async def _admit(self, session: WhipSession, pump: TrackPump) -> None:
@@ -166,10 +167,10 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
         session.live = True
         old, self.session = self.session, session
         old_pump, self._pump = self._pump, pump
-        first = pump.sink.newest
+        first = pump.sink.peek()
         pump.sink = self.newest
-        if first is not None:
-            self.newest.put(first)
+        if first is not None and not self.newest.closed:
+            self.newest.publish(first.value, first.source_time, now=first.publish_time)
         self._session_started = asyncio.get_running_loop().time()
         self.sessions_started += 1
         log.info(
@@ -179,12 +180,12 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
             session.id[:8],
         )
         if old_pump is not None:
-            self._spawn(old_pump.close(), "pump-close")
+            self.spawn(old_pump.close(), "pump-close")
         if old is not None and not old.closed and self.server is not None:
             log.info(
                 "camera %s: session %s replaces session %s", self.name, session.id[:8], old.id[:8]
             )
-            self._spawn(self.server.end_session(old), "replace")
+            self.spawn(self.server.end_session(old), "replace")
 
     # ------------------------------------------------------- liveness
 
@@ -202,7 +203,7 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
             session = self.session
             if session is None or self.server is None:
                 continue
-            since = now - max(self._session_started, self.newest.last_arrival or 0.0)
+            since = now - max(self._session_started, last_arrival(self.newest) or 0.0)
             if since > self.watchdog_s:
                 log.warning(
                     "camera %s: no frame for %.1f s, closing session %s",

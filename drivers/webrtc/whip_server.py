@@ -30,14 +30,15 @@ import importlib.resources
 import logging
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from aiohttp import web
 
 from drivers.errors import DriverConfigError
+from drivers.lifecycle import Lifecycle
 from drivers.webrtc import ice
 from drivers.webrtc.sdp import SdpError, check_offer, ice_ufrag, parse_fragment, prefer_decodable
 from drivers.webrtc.whip_guard import (
@@ -148,8 +149,14 @@ class ServerOptions:
     allowed_hosts: tuple[str, ...] = ()
 
 
-class WhipServer:
-    """The HTTP endpoint and its sessions; use `acquire`/`release` to share one."""
+class WhipServer(Lifecycle):
+    """The HTTP endpoint and its sessions; use `acquire`/`release` to share one.
+
+    Its background tasks (session expiries) are owned through `Lifecycle`, so
+    `close()` ends them, bounded, before the sessions and the socket go.
+    """
+
+    name = "whip"
 
     def __init__(
         self, host: str, port: int, options: ServerOptions, limits: Limits | None = None
@@ -168,8 +175,6 @@ class WhipServer:
         self.refused: collections.Counter[int] = collections.Counter()
         self._runner: web.AppRunner | None = None
         self._rate: RateLimiter | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._closed = False
         self._refusal_log_at = -REFUSAL_LOG_PERIOD_S
         self._refusals_unlogged = 0
 
@@ -227,14 +232,12 @@ class WhipServer:
             else "no token: loopback only",
         )
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def _release(self) -> None:
+        """After the owned tasks ended: every session, then the socket."""
         await asyncio.gather(
             *(self.end_session(s) for s in list(self.sessions.values())),
             return_exceptions=True,
@@ -244,17 +247,6 @@ class WhipServer:
             self._runner = None
         if self.options.ice_addresses:
             ice.uninstall()
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("WHIP server: task %s failed", task.get_name(), exc_info=task.exception())
 
     # ---------------------------------------------------------------- cameras
 
@@ -453,11 +445,11 @@ class WhipServer:
             await self.end_session(session)
             raise
         endpoint_now = self.endpoints.get(name)
-        if session.closed or endpoint_now is None:
+        if session.closed or endpoint_now is None or self.closed:
             await self.end_session(session)
             return self._fail(503, f"camera {name!r} went away during negotiation; retry later")
-        session._expiry = self._spawn(
-            self._expire(session, endpoint_now.connect_timeout_s), f"whip-expire-{session.id[:8]}"
+        session._expiry = self.spawn(
+            self._expire(session, endpoint_now.connect_timeout_s), f"expire-{session.id[:8]}"
         )
         endpoint_now.session_offered(session)
         log.info(

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from policies.errors import CheckpointError
+from drivers.options import option, validate
+from policies.errors import CheckpointError, PolicyConfigError
 
 FORMAT_VERSION = 1
 Head = Literal["regression", "flow"]
@@ -277,3 +278,120 @@ class VLAConfig:
             raise CheckpointError(
                 f"checkpoint {path.parent}: {path.name} is invalid: {exc}"
             ) from None
+
+
+@dataclass(frozen=True)
+class QwenVLAOptions:
+    """The policy's options: `--policy-option KEY=VALUE` or the `[policy]` table.
+
+    This is the policy's option schema (`QwenVLAPolicy.Options`): `--help-policy`
+    lists it. The shape options (head, horizon, image bounds, sensors,
+    max_delta) only describe a fresh policy; with a checkpoint its config
+    rules and giving them is an error rather than a silent override.
+    """
+
+    checkpoint: str | None = option(
+        None,
+        help="a trained policy: a directory with config.json, encoders.safetensors and"
+        " action_expert.safetensors (optionally vl_model/)",
+        metavar="DIR",
+    )
+    vl_model: str | None = option(
+        None,
+        help="the Qwen2.5-VL model: a directory, or a hub id already in the local Hugging Face"
+        " cache (nothing is downloaded)",
+        default_text="the checkpoint's, else the tiny built-in model",
+    )
+    cache_dir: str | None = option(
+        None,
+        help="where the tiny built-in model is built on first use",
+        default_text="$VLA_CONTROLLER_CACHE, else ~/.cache/vla-controller",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
+        "auto", help="dtype of the VL model (auto: bfloat16 on CUDA, float32 on CPU)"
+    )
+    head: Literal["regression", "flow"] | None = option(
+        None, help="action head of a fresh policy", default_text="regression"
+    )
+    horizon: int | None = option(
+        None,
+        help="rows of each action chunk of a fresh policy",
+        low=1,
+        high=MAX_HORIZON,
+        default_text="8",
+    )
+    flow_steps: int | None = option(
+        None,
+        help="Euler steps of a fresh flow head",
+        low=1,
+        high=MAX_FLOW_STEPS,
+        default_text="5",
+    )
+    min_pixels: int | None = option(
+        None,
+        help="smallest image area fed to the VL model (fresh policy)",
+        unit="pixels",
+        low=1,
+        high=MAX_IMAGE_PIXELS,
+        default_text=str(DEFAULT_MIN_PIXELS),
+    )
+    max_pixels: int | None = option(
+        None,
+        help="largest image area fed to the VL model (fresh policy)",
+        unit="pixels",
+        low=1,
+        high=MAX_IMAGE_PIXELS,
+        default_text=str(DEFAULT_MAX_PIXELS),
+    )
+    sensors: str | None = option(
+        None,
+        help="sensors a fresh policy encodes, NAME:DIM,... (e.g. ft:6,gripper:1)",
+        default_text="none",
+    )
+    max_delta: float | None = option(
+        None,
+        help="largest step per control period of a fresh delta policy",
+        unit="rad",
+        low=0.0,
+        low_open=True,
+        high=MAX_DELTA,
+        default_text="0.02 rad",
+    )
+    seed: int = option(0, help="seed of a fresh policy's random weights")
+
+    def __post_init__(self) -> None:
+        validate(self, error=PolicyConfigError, where="qwen-vla: ")
+
+    def shape_options(self) -> dict[str, Any]:
+        names = (
+            "head",
+            "horizon",
+            "flow_steps",
+            "min_pixels",
+            "max_pixels",
+            "sensors",
+            "max_delta",
+        )
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def preprocessing(self) -> Preprocessing:
+        try:
+            return Preprocessing(
+                min_pixels=self.min_pixels or DEFAULT_MIN_PIXELS,
+                max_pixels=self.max_pixels or DEFAULT_MAX_PIXELS,
+            )
+        except ValueError as exc:
+            raise PolicyConfigError(f"qwen-vla: {exc}") from None
+
+    def sensor_spec(self) -> tuple[tuple[str, int], ...]:
+        if not self.sensors:
+            return ()
+        out = []
+        for item in self.sensors.split(","):
+            name, _, dim = item.strip().partition(":")
+            if not name or not dim.isdigit() or int(dim) <= 0:
+                raise PolicyConfigError(
+                    f"qwen-vla: option 'sensors': {item!r} is not NAME:DIM (e.g. 'ft:6')"
+                )
+            out.append((name, int(dim)))
+        return tuple(out)

@@ -11,86 +11,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from drivers.base import Frame, RobotInfo, RobotState, SensorReading, build_config
-from drivers.errors import DriverConfigError
+from drivers.base import Frame, RobotInfo, RobotState, SensorReading
+from policies.base import parse_options
 from policies.errors import CheckpointError, PolicyConfigError, PolicyError
 from policies.qwen_vla import checkpoint as ckpt
 from policies.qwen_vla.action_expert import ActionModel, check_parameter_budget
-from policies.qwen_vla.config import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
-    ActionSpace,
-    NormStats,
-    Preprocessing,
-    VLAConfig,
-)
+from policies.qwen_vla.config import ActionSpace, NormStats, QwenVLAOptions, VLAConfig
 from policies.qwen_vla.vl_encoder import VLEncoder, check_model_ref
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class QwenVLAOptions:
-    """Options from the CLI / TOML (`--checkpoint`, `--vl-model`, ...).
-
-    The shape options (head, horizon, image bounds, sensors, max_delta,
-    seed) only describe a fresh policy; with a checkpoint its config rules
-    and giving them is an error rather than a silent override.
-    """
-
-    checkpoint: str | None = None
-    vl_model: str | None = None
-    cache_dir: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    head: Literal["regression", "flow"] | None = None
-    horizon: int | None = None
-    flow_steps: int | None = None
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    sensors: str | None = None  # "ft:6,gripper:1": enables the sensor encoder
-    max_delta: float | None = None
-    seed: int = 0
-
-    def shape_options(self) -> dict[str, Any]:
-        names = (
-            "head",
-            "horizon",
-            "flow_steps",
-            "min_pixels",
-            "max_pixels",
-            "sensors",
-            "max_delta",
-        )
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
-
-    def preprocessing(self) -> Preprocessing:
-        try:
-            return Preprocessing(
-                min_pixels=self.min_pixels or DEFAULT_MIN_PIXELS,
-                max_pixels=self.max_pixels or DEFAULT_MAX_PIXELS,
-            )
-        except ValueError as exc:
-            raise PolicyConfigError(f"qwen-vla: {exc}") from None
-
-    def sensor_spec(self) -> tuple[tuple[str, int], ...]:
-        if not self.sensors:
-            return ()
-        out = []
-        for item in self.sensors.split(","):
-            name, _, dim = item.strip().partition(":")
-            if not name or not dim.isdigit() or int(dim) <= 0:
-                raise PolicyConfigError(
-                    f"qwen-vla: option 'sensors': {item!r} is not NAME:DIM (e.g. 'ft:6')"
-                )
-            out.append((name, int(dim)))
-        return tuple(out)
 
 
 def build_vl_encoder(options: QwenVLAOptions, device: str | torch.device = "cpu") -> VLEncoder:
@@ -156,6 +91,7 @@ class QwenVLAPolicy:
     """Qwen2.5-VL features + state/sensor encoders + action expert -> joint targets."""
 
     name = "qwen-vla"
+    Options = QwenVLAOptions
 
     def __init__(self, options: QwenVLAOptions) -> None:
         self.options = options
@@ -170,10 +106,7 @@ class QwenVLAPolicy:
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> QwenVLAPolicy:
-        try:
-            opts = build_config(QwenVLAOptions, options, what="qwen-vla")
-        except DriverConfigError as exc:
-            raise PolicyConfigError(str(exc)) from None
+        opts = parse_options(QwenVLAOptions, options, what="qwen-vla")
         if opts.checkpoint:
             extra = opts.shape_options()
             if extra:

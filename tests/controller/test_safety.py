@@ -81,3 +81,79 @@ def test_bad_limits_are_config_errors():
         SafetyConfig(max_feature_age=0)
     with pytest.raises(ConfigError, match="limit_mode"):
         SafetyConfig(limit_mode="ignore")  # type: ignore[arg-type]
+
+
+# -- the input rules: an ordered list, the first objection is the hold ---------------------
+
+
+#: The hold reasons of the input rules, in the order they are asked (as before the rules
+#: were a list: the fault matrix and the fail-safe tests were written against this order).
+INPUT_ORDER = [
+    "no_state",
+    "state_clock_invalid",
+    "state_stale",
+    "state_invalid",
+    "robot_not_ready",
+    "no_features",
+    "features_clock_invalid",
+    "features_stale",
+    "sensor_missing",
+    "sensor_stale",
+    "sensor_invalid",
+]
+
+
+def _inputs_with(faults: set[str], now: float):
+    """Features, state and one sensor reading carrying every fault named in `faults` at once."""
+    import math
+
+    from drivers.base import SensorReading
+
+    t_state = (
+        math.nan if "state_clock_invalid" in faults else now - 5 if "state_stale" in faults else now
+    )
+    q = np.full(6, 99.0) if "state_invalid" in faults else None
+    st = stamped(state(q, ready="robot_not_ready" not in faults), t_state)
+    t_feat = (
+        now + 1
+        if "features_clock_invalid" in faults
+        else now - 5
+        if "features_stale" in faults
+        else now
+    )
+    t_sens = now - 5 if "sensor_stale" in faults else now
+    values = [math.nan] if "sensor_invalid" in faults else np.zeros(6)
+    reading = Stamped(SensorReading("ft", values, t_sens), 1, t_sens, t_sens)
+    return (
+        None if "no_features" in faults else stamped("f", t_feat),
+        None if "no_state" in faults else st,
+        {"ft": None if "sensor_missing" in faults else reading},
+    )
+
+
+def test_input_rules_object_in_their_order():
+    """Every fault at once, then fixed one at a time: the holds come in the rules' order."""
+    f = make()
+    now = 10.0
+    for i, reason in enumerate(INPUT_ORDER):
+        assert f.check_inputs(now, *_inputs_with(set(INPUT_ORDER[i:]), now)) == reason
+    assert f.check_inputs(now, *_inputs_with(set(), now)) is None
+
+
+def test_a_new_rule_is_one_class_in_the_list():
+    from controller.safety import INPUT_RULES, HoldReason, Inputs, SafetyFilter
+
+    class NoFeaturesOnMondays:
+        def check(self, inputs: Inputs, f: SafetyFilter) -> HoldReason | None:
+            return HoldReason.FEATURES_STALE if inputs.features.value == "monday" else None
+
+    f = SafetyFilter(
+        SafetyConfig(), UR5_LIMITS, PERIOD, rules=(*INPUT_RULES, NoFeaturesOnMondays())
+    )
+    now = 10.0
+    ok = stamped(state(), now)
+    assert f.check_inputs(now, stamped("tuesday", now), ok) is None
+    assert f.check_inputs(now, stamped("monday", now), ok) == "features_stale"
+    # Earlier rules still come first: the new rule never sees a missing input.
+    assert f.check_inputs(now, None, ok) == "no_features"
+    assert make().check_inputs(now, stamped("monday", now), ok) is None

@@ -109,3 +109,50 @@ def test_latency_distributions_are_seeded():
     u = Latency.parse("uniform(0.2, 0.4)")
     rng = np.random.default_rng(0)
     assert all(0.2 <= u.draw(rng) <= 0.4 for _ in range(100))
+
+
+async def test_robot_joint_count_is_configurable(virtual_clock):
+    arm = FakeRobot.from_spec("", {"joints": 7})
+    assert arm.info.dof == 7 and arm.info.limits.dof == 7
+    assert arm.info.joint_names[0] == "joint_0" and len(set(arm.info.joint_names)) == 7
+    async with arm:
+        state = await anext(arm.states())
+        assert state.positions.shape == (7,) and state.velocities.shape == (7,)
+        await arm.command(JointCommand(np.full(7, 0.1), 0.1, seq=1))
+        with pytest.raises(ValueError, match="expected 7 joint targets"):
+            await arm.command(JointCommand(np.zeros(6), 0.1, seq=2))
+        await asyncio.sleep(1.0)
+        np.testing.assert_allclose(arm.positions, np.full(7, 0.1), atol=1e-3)
+    assert FakeRobot().info.joint_names[0] == "shoulder_pan"  # 6 joints: a UR5
+    with pytest.raises(DriverConfigError, match="initial must have 3 joint positions"):
+        FakeRobot.from_spec("", {"joints": 3, "initial": [0.0] * 6})
+    with pytest.raises(DriverConfigError, match=r"joints must be within 1\.\.64"):
+        FakeRobot.from_spec("", {"joints": 0})
+
+
+async def test_a_seven_joint_arm_runs_under_the_controller(controller_harness, virtual_clock):
+    arm = FakeRobot(FakeRobotConfig(joints=7))
+    h = controller_harness(robot=arm, policy=FakePolicy(vl_latency=0.1))
+    summary = await h.run(3.0)  # the invariants (limits, speed) are checked on 7 joints
+    assert summary["actions_sent"] >= 25
+    assert {len(cmd.positions) for _, cmd in arm.commands} == {7}
+
+
+async def test_fakes_close_once_and_tick_on_their_grid(virtual_clock):
+    arm = FakeRobot()
+    async with arm:
+        assert arm.connected
+    assert arm.closed and not arm.connected and arm.stops == 1
+    await arm.close()  # idempotent
+    assert arm.stops == 1
+    cam = FakeCamera(FakeCameraConfig(fps=10))
+    async with cam:
+        t0 = virtual_clock.time()
+        it = cam.frames()
+        frames = [await anext(it) for _ in range(3)]
+        await asyncio.sleep(0.25)  # a slow reader: the camera skips, it does not burst
+        late = [await anext(it) for _ in range(2)]
+    assert cam.closed
+    assert [f.capture_time - t0 for f in frames] == pytest.approx([0.1, 0.2, 0.3])
+    # the newest deadline due at once (0.5, late), then back on the grid
+    assert [f.capture_time - t0 for f in late] == pytest.approx([0.55, 0.6])

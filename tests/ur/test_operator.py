@@ -90,7 +90,7 @@ async def _controller_holds_for(robot: UR5Robot, seconds: float) -> list[str]:
     t_end = now() + seconds
     k = 100
     while now() < t_end:
-        state = robot._latest
+        state = robot.latest_state
         assert state is not None and not state.ready, state
         modes.append(state.mode)
         with pytest.raises(NotReady):

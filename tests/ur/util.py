@@ -37,5 +37,5 @@ async def ready_state(robot: UR5Robot, limit: float = 5.0) -> RobotState:
 
 async def fresh_state(robot: UR5Robot, limit: float = 1.0) -> RobotState:
     """The next state published from now on (not the one already there)."""
-    latest = robot._latest
+    latest = robot.latest_state
     return await state_where(robot, lambda s: s is not latest, limit)

@@ -6,26 +6,26 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from controller.slot import LatestValue
+from controller.slot import LatestValue, pump
 from drivers.base import Frame
 
 
 @contextlib.asynccontextmanager
 async def slot_fed_by(cam: object) -> AsyncIterator[LatestValue[Frame]]:
-    """What the controller does: copy `cam.frames()` into a latest-value slot."""
+    """What the controller does (the same `pump`): `cam.frames()` into a latest-value slot."""
     slot: LatestValue[Frame] = LatestValue(getattr(cam, "name", "cam"))
-
-    async def feed() -> None:
-        async for frame in cam.frames():  # type: ignore[attr-defined]
-            slot.publish(frame, frame.capture_time)
-
-    task = asyncio.get_running_loop().create_task(feed())
+    frames = cam.frames()  # type: ignore[attr-defined]
+    task = asyncio.get_running_loop().create_task(pump(frames, slot, _capture_time))
     try:
         yield slot
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def _capture_time(frame: Frame) -> float:
+    return frame.capture_time
 
 
 async def eventually(pred: Callable[[], bool], within: float, what: str) -> None:

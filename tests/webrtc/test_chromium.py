@@ -27,7 +27,7 @@ async def test_chromium_publishes_to_whip_camera_frames_reach_the_slot() -> None
             try:
                 # the page publishes at once (auto=1) but without the URL's token
                 await eventually(lambda: server.refused[401] >= 1, 40, "a POST refused with 401")
-                assert cam.newest.seq == 0 and not server.sessions
+                assert cam.newest.version == 0 and not server.sessions
                 assert "token" not in await evaluate(proc, "location.href")
                 await evaluate(
                     proc,

@@ -100,19 +100,19 @@ async def test_killed_sender_goes_stale_within_watchdog_and_client_reconnects() 
             connect_timeout_s=5,
         )
         async with cam:
-            await eventually(lambda: not cam.stale and cam.newest.seq > 10, 20, "first frames")
+            await eventually(lambda: not cam.stale and cam.newest.version > 10, 20, "first frames")
             proc.send_signal(signal.SIGKILL)  # no DELETE, no DTLS close: the peer just vanishes
             await proc.wait()
             killed = loop.time()
             await eventually(lambda: cam.stale, watchdog + 2.0, "the camera to go stale")
             assert loop.time() - killed <= watchdog + 1.0
-            seq = cam.newest.seq
+            seq = cam.newest.version
             await asyncio.sleep(1.0)
-            assert cam.newest.seq == seq, "frames while the sender is dead"
+            assert cam.newest.version == seq, "frames while the sender is dead"
             assert cam.failures >= 1  # reconnect attempts against a dead server
             async with fixture_process(port):
                 await eventually(
-                    lambda: not cam.stale and cam.newest.seq > seq,
+                    lambda: not cam.stale and cam.newest.version > seq,
                     20,
                     "frames after the server returned",
                 )

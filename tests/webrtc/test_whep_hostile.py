@@ -66,7 +66,7 @@ async def test_without_a_token_a_redirect_to_another_origin_is_followed() -> Non
         home.redirect_to = foreign.url
         cam = whep(f"http://127.0.0.1:{home.port}/moved/whep", name="wrist")
         async with cam:
-            await eventually(lambda: cam.newest.seq > 5, 15, "frames via the other origin")
+            await eventually(lambda: cam.newest.version > 5, 15, "frames via the other origin")
         assert foreign.posts == 1
 
 
@@ -75,7 +75,7 @@ async def test_delete_to_a_location_on_another_origin_carries_no_token() -> None
         home.location_base = f"http://127.0.0.1:{foreign.port}"
         cam = whep(home.url, token="tk")
         async with cam:
-            await eventually(lambda: cam.newest.seq > 5, 15, "frames")
+            await eventually(lambda: cam.newest.version > 5, 15, "frames")
             assert cam.location is not None and cam.location.startswith(home.location_base)
         deletes = [r for r in foreign.requests if r[0] == "DELETE"]
         assert len(deletes) == 1 and deletes[0][2] is None, foreign.requests
@@ -91,7 +91,7 @@ async def test_reconnect_loop_survives_a_misbehaving_server(how: str) -> None:
         server.script = [how, how]
         cam = whep(server.url)
         async with cam:
-            await eventually(lambda: cam.newest.seq > 5, 30, f"frames after {how}")
+            await eventually(lambda: cam.newest.version > 5, 30, f"frames after {how}")
             assert cam.fatal is None
             assert cam.failures >= 2 and cam.connects == 1
             assert cam.last_error is not None and "\n" not in cam.last_error
@@ -105,7 +105,7 @@ async def test_huge_bodies_are_abandoned_not_buffered() -> None:
         server.script = ["huge_error"] * 3 + ["huge_answer"] * 3
         before = rss_mb()
         async with cam:
-            await eventually(lambda: cam.newest.seq > 5, 30, "frames after huge bodies")
+            await eventually(lambda: cam.newest.version > 5, 30, "frames after huge bodies")
             grown = rss_mb() - before
         assert cam.failures >= 6
         # 6 x 60 MB offered; a few MB of buffers (and a decoder) is all it may cost
@@ -118,7 +118,7 @@ async def test_404_is_retried_and_401_is_fatal() -> None:
         server.script = ["not_found"] * 3
         cam = whep(server.url, token="right")
         async with cam:
-            await eventually(lambda: cam.newest.seq > 5, 30, "frames once the path exists")
+            await eventually(lambda: cam.newest.version > 5, 30, "frames once the path exists")
         cam = whep(server.url, token="wrong")
         async with cam:
             with pytest.raises(DriverConfigError, match="401"):

@@ -52,7 +52,7 @@ async def _two_hz_consumer(reads: int) -> None:
             now = loop.time()
             ages.append(now - frame.capture_time)
             sources.add(frame.time_source)
-            painted = unwrap(read_frame(cam.newest.newest.frame), now)
+            painted = unwrap(read_frame(cam.newest.peek().value.frame), now)
             painted_ages.append(now - painted)
             assert frame.image.shape == (480, 640, 3)
             converted += 1
@@ -72,11 +72,11 @@ async def test_rtcp_capture_time_matches_painted_time() -> None:
     cam = whip()
     async with cam, WhipPublisher(cam.url, PaintedTrack(30)):
         await eventually(
-            lambda: cam.newest.newest is not None and cam.newest.newest.time_source == "rtcp",
+            lambda: (item := cam.newest.peek()) is not None and item.value.time_source == "rtcp",
             8,
             "an RTCP-mapped frame",
         )
-        item = cam.newest.newest
+        item = cam.newest.peek().value
         painted = unwrap(read_frame(item.frame), loop.time())
         # the painted time is read before encoding; the RTP time is set at the
         # same frame: they agree to well within a frame interval or two
@@ -98,12 +98,14 @@ async def test_publisher_killed_makes_camera_stale_then_new_publisher_recovers()
         await pc.close()
         await eventually(lambda: cam.stale, 5, "the camera to go stale")
         assert loop.time() - killed < 1.0 + 1.0  # watchdog + generous slack
-        seq = cam.newest.seq
+        seq = cam.newest.version
         await asyncio.sleep(0.3)
-        assert cam.newest.seq == seq, "frames after the sender was killed"
+        assert cam.newest.version == seq, "frames after the sender was killed"
         async with WhipPublisher(cam.url, PaintedTrack(30)):
             await eventually(
-                lambda: not cam.stale and cam.newest.seq > seq, 10, "frames from a new publisher"
+                lambda: not cam.stale and cam.newest.version > seq,
+                10,
+                "frames from a new publisher",
             )
         assert cam.sessions_started == 2
 
@@ -154,8 +156,8 @@ async def test_http_errors_never_disturb_a_running_session() -> None:
             status, _ = await req("GET", f"{base}/publish")
             assert status == 200
             # the session survived all of that
-            seq = cam.newest.seq
-            await eventually(lambda: cam.newest.seq > seq + 10, 5, "frames to keep coming")
+            seq = cam.newest.version
+            await eventually(lambda: cam.newest.version > seq + 10, 5, "frames to keep coming")
             status, _ = await req("DELETE", pub.location)
             assert status == 200
             await eventually(lambda: cam.session is None, 5, "the session to end")

@@ -59,8 +59,8 @@ async def live(cam: WhipCamera, **kw: object) -> AsyncIterator[WhipPublisher]:
 
 
 async def frames_keep_coming(cam: WhipCamera, n: int = 10) -> None:
-    seq = cam.newest.seq
-    await eventually(lambda: cam.newest.seq > seq + n, 5, "frames to keep coming")
+    seq = cam.newest.version
+    await eventually(lambda: cam.newest.version > seq + n, 5, "frames to keep coming")
 
 
 # --------------------------------------------------------------- Host / Origin

@@ -92,7 +92,7 @@ async def _measure(
         )
         try:
             for _ in range(300 if publisher else 0):
-                if cam.newest.seq > 30:
+                if cam.newest.version > 30:
                     break
                 await asyncio.sleep(0.1)
             live = cam.session
@@ -124,9 +124,9 @@ async def _measure(
             for t in tasks:
                 t.cancel()
             kept = cam.session is live and live is not None
-            seq = cam.newest.seq
+            seq = cam.newest.version
             await asyncio.sleep(0.5)
-            frames_after = cam.newest.seq - seq
+            frames_after = cam.newest.version - seq
         finally:
             if pub.returncode is None:
                 pub.terminate()

@@ -1,22 +1,25 @@
 """A checkerboard camera that scrolls: the smallest useful camera driver.
 
 Everything a driver needs: a config dataclass, `from_spec` (from the
-`ConfiguredDriver` mixin), an async context manager, and an async iterator of
-`Frame`s stamped with the controller clock (`drivers.base.now()`).
-It imports only `drivers.base` and `drivers.errors`, never the controller.
+`ConfiguredDriver` mixin), an async context manager (from the `Lifecycle`
+base: `async with` ends in an idempotent, bounded `close()`), and an async
+iterator of `Frame`s stamped with the controller clock (`drivers.base.now()`),
+paced by `periodic()` on that clock, so the driver runs in virtual time
+under the test harness. It imports only the drivers' interface modules
+(`drivers.base`, `drivers.errors`, `drivers.lifecycle`), never the controller.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import ClassVar
 
 import numpy as np
 
 from drivers.base import ConfiguredDriver, Frame, now
 from drivers.errors import DriverConfigError
+from drivers.lifecycle import Lifecycle, periodic
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class CheckerConfig:
             )
 
 
-class CheckerCamera(ConfiguredDriver):
+class CheckerCamera(Lifecycle, ConfiguredDriver):
     kind: ClassVar[str] = "camera"
     Config = CheckerConfig
     spec_field = "name"  # `--camera checker://left` names the camera "left"
@@ -44,18 +47,12 @@ class CheckerCamera(ConfiguredDriver):
         self.config = config
         self.name = config.name
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+    # A camera that holds a device would open it in `__aenter__` and free it
+    # in `_release()`; background tasks started with `self.spawn()` end on close.
 
     async def frames(self) -> AsyncIterator[Frame]:
         cfg = self.config
-        t0, k = now(), 0
-        while True:
-            k += 1
-            await asyncio.sleep(max(0.0, t0 + k / cfg.fps - now()))
+        async for k in periodic(1 / cfg.fps):  # tick k at t0 + k/fps, never drifting
             yy, xx = np.mgrid[0 : cfg.size, 0 : cfg.size]
             board = (((xx + k) // cfg.square + yy // cfg.square) % 2 * 255).astype(np.uint8)
             yield Frame(

@@ -3,7 +3,8 @@
 aiortc hands decoded frames to `track.recv()` through an unbounded queue, so
 a consumer slower than the camera falls further behind with every frame
 (aiortc issues 642, 1192, 104, 706). The pump drains that queue as fast as
-frames arrive into a `NewestFrame` mailbox, which keeps only the newest.
+frames arrive into the camera's mailbox (a `LatestValue[Arrived]`), which
+keeps only the newest.
 """
 
 from __future__ import annotations
@@ -12,22 +13,24 @@ import asyncio
 import logging
 from typing import Any
 
-from drivers.av_frames import Arrived, NewestFrame, Stamper
-
-__all__ = ["Arrived", "NewestFrame", "Stamper", "TrackPump"]
+from drivers.av_frames import Arrived, Stamper
+from drivers.lifecycle import cancel_bounded
+from drivers.newest import LatestValue, SlotClosed
 
 log = logging.getLogger(__name__)
 
 
 class TrackPump:
-    """Receives one remote track continuously into a `NewestFrame`.
+    """Receives one remote track continuously into a mailbox.
 
     `stamp` turns a frame and its arrival time into a capture time (see
     `rtcp_clock.RtcpClock`). The pump ends when the track ends (peer gone or
-    session closed); `close()` cancels it and waits for its `finally`.
+    session closed) or its mailbox is closed; `close()` cancels it and waits
+    for its `finally`, bounded. `sink` may be switched to another mailbox
+    while it runs (a WHIP candidate's pump, once admitted, feeds the camera).
     """
 
-    def __init__(self, track: Any, sink: NewestFrame, stamp: Stamper) -> None:
+    def __init__(self, track: Any, sink: LatestValue[Arrived], stamp: Stamper) -> None:
         self.track = track
         self.sink = sink
         self.stamp = stamp
@@ -39,7 +42,7 @@ class TrackPump:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"pump-{self.sink.camera}"
+                self._run(), name=f"pump-{self.sink.name}"
             )
 
     async def _run(self) -> None:
@@ -56,19 +59,14 @@ class TrackPump:
                 capture, source = self.stamp(vf, arrival)
                 self.frames += 1
                 self.first_frame.set()
-                self.sink.put(Arrived(vf, arrival, capture, source))
+                try:
+                    self.sink.publish(Arrived(vf, arrival, capture, source), capture, now=arrival)
+                except SlotClosed:
+                    return  # the camera closed: nobody reads this track any more
         finally:
             self.ended.set()
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not task.cancelled():  # we ourselves are being cancelled
-                raise
-        except Exception:  # pragma: no cover - logged, never raised into teardown
-            log.exception("%s: frame pump failed", self.sink.camera)
+        if task is not None:
+            await cancel_bounded(task, f"camera {self.sink.name}: frame pump")
