@@ -259,9 +259,14 @@ def test_any_exception_from_the_run_is_one_line_with_summary_and_stats(
 
     monkeypatch.setattr(target, boom)
     stats = tmp_path / "s.json"
+    # Two failures in a row end the run (the default 10 back off for 13 s of real time).
+    config = tmp_path / "c.toml"
+    config.write_text("max_consecutive_failures = 2\n")
     code, out, err = run_cli(
         capsys,
         *FAST,
+        "--config",
+        str(config),
         "--policy-option",
         "vl_latency=0.01",
         "--duration",
