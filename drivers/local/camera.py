@@ -34,7 +34,9 @@ KERNEL_PLAUSIBLE_S = 5.0
 
 
 class LocalCamera(Lifecycle, ConfiguredDriver):
-    kind: ClassVar[str] = "local"
+    kind: ClassVar[str] = "camera"
+    #: How frames arrive (PyAV format); `kind` is the driver category, as in every driver.
+    transport: ClassVar[str] = "local"
     Config: ClassVar[type] = LocalCameraConfig
     spec_field: ClassVar[str | None] = "source"
     av_format: ClassVar[str] = ""
@@ -51,7 +53,7 @@ class LocalCamera(Lifecycle, ConfiguredDriver):
         self._publisher: ThreadPublisher[tuple[Any, float], Arrived] | None = None
 
     def default_name(self) -> str:
-        return os.path.basename(self.config.source) or self.kind
+        return os.path.basename(self.config.source) or self.transport
 
     def av_options(self) -> dict[str, str]:
         return {}
@@ -66,11 +68,11 @@ class LocalCamera(Lifecycle, ConfiguredDriver):
             )
         except (av.FFmpegError, OSError) as exc:
             raise DriverConfigError(
-                f"{self.kind} camera {self.config.source!r} cannot be opened: {exc}"
+                f"{self.transport} camera {self.config.source!r} cannot be opened: {exc}"
             ) from None
         if not self._container.streams.video:
             self._container.close()
-            raise DriverConfigError(f"{self.kind} camera {self.config.source!r} has no video")
+            raise DriverConfigError(f"{self.transport} camera {self.config.source!r} has no video")
         self._thread = threading.Thread(target=self._read, name=f"camera-{self.name}", daemon=True)
         self._thread.start()
         return self
@@ -133,7 +135,7 @@ class LocalCamera(Lifecycle, ConfiguredDriver):
 class V4L2Camera(LocalCamera):
     """A V4L2 device (`v4l2:///dev/video0`), stamped with kernel timestamps."""
 
-    kind: ClassVar[str] = "v4l2"
+    transport: ClassVar[str] = "v4l2"
     av_format: ClassVar[str] = "v4l2"
 
     def av_options(self) -> dict[str, str]:
@@ -159,7 +161,7 @@ class V4L2Camera(LocalCamera):
 class LavfiCamera(LocalCamera):
     """An FFmpeg lavfi test source (`lavfi://testsrc=size=640x480:rate=30`), paced."""
 
-    kind: ClassVar[str] = "lavfi"
+    transport: ClassVar[str] = "lavfi"
     av_format: ClassVar[str] = "lavfi"
     paced: ClassVar[bool] = True
 

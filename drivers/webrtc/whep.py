@@ -52,7 +52,8 @@ HTTP_TIMEOUT_S = 5.0
 
 
 class WhepCamera(WebRtcCameraBase, ConfiguredDriver):
-    kind: ClassVar[str] = "whep"
+    kind: ClassVar[str] = "camera"
+    transport: ClassVar[str] = "whep"
     Config: ClassVar[type] = WhepCameraConfig
     spec_field: ClassVar[str | None] = "url"
 

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
-    kind: ClassVar[str] = "whip"
+    kind: ClassVar[str] = "camera"
+    transport: ClassVar[str] = "whip"
     Config: ClassVar[type] = WhipCameraConfig
     spec_field: ClassVar[str | None] = "address"
 

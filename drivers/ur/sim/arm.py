@@ -71,7 +71,10 @@ def forward_kinematics(q: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class ProgramParams:
+class ParsedProgram:
+    """What the simulator reads back out of an uploaded script (the driver's side is
+    `drivers.ur.program.ProgramParams`; the simulator parses, it never imports it)."""
+
     step: float = 0.008
     max_jump: float = 0.35
     lookahead: float = 0.1
@@ -85,7 +88,7 @@ class ProgramParams:
     rtde_watchdog_hz: float = 5.0
 
     @classmethod
-    def parse(cls, script: str) -> ProgramParams | None:
+    def parse(cls, script: str) -> ParsedProgram | None:
         if MARKER not in script:
             return None
         found = dict(re.findall(r"global\s+VLA_([A-Z_]+)\s*=\s*([-0-9.eE]+)", script))
@@ -102,7 +105,7 @@ class ProgramParams:
 
 @dataclass
 class Program:
-    params: ProgramParams
+    params: ParsedProgram
     cmd_q: np.ndarray
     last_seq: int
     seg_from: np.ndarray
@@ -160,7 +163,7 @@ class Arm:
     # ---------------------------------------------------------------- events
 
     def load_program(self, script: str) -> bool:
-        params = ProgramParams.parse(script)
+        params = ParsedProgram.parse(script)
         if params is None:
             self.stop_program("a new script replaced the program")
             self.say("sim: script not recognised; only the vla-controller program is emulated", 1)
