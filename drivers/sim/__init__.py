@@ -1,0 +1,56 @@
+"""A simulated UR5 on a table with three cubes (MuJoCo), as ordinary driver plugins.
+
+One world per name (`world = "default"`) is shared by the three drivers
+that name it: `robot.sim` (joint states, position commands through a
+velocity-limited joint servo), `camera.sim` (rendered views of the same
+world) and `sensor.sim` (privileged object poses: for a scripted expert and
+for scoring, never for a policy that is meant to see). The world's time
+follows the controller clock (`drivers.base.now()`): it steps to the current
+time whenever a driver reads or commands it, so an episode runs in virtual
+time under the test harness and in real time from the command line.
+
+MuJoCo picks its OpenGL backend when it is first imported, from `MUJOCO_GL`;
+headless machines need EGL, so it is set here, before the first import, when
+the user has not chosen one.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: The OpenGL backend MuJoCo renders with (set to EGL here when unset: headless rendering).
+GL_BACKEND = os.environ.setdefault("MUJOCO_GL", "egl")
+
+GL_FIX = (
+    "run with MUJOCO_GL=egl and an EGL driver installed (Debian/Ubuntu: apt install libegl1"
+    " libgl1-mesa-dri), or MUJOCO_GL=osmesa with libosmesa6, or MUJOCO_GL=glfw on a desktop"
+)
+
+try:
+    import mujoco  # noqa: F401 - imported here first so that MUJOCO_GL above applies
+except ModuleNotFoundError as exc:
+    raise ImportError(
+        f"the simulated world needs MuJoCo ({exc}): pip install 'mujoco>=3.2,<5'"
+    ) from exc
+except Exception as exc:  # an invalid MUJOCO_GL, or a backend whose libraries are missing
+    first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    raise ImportError(
+        f"MuJoCo cannot start with MUJOCO_GL={GL_BACKEND!r} ({type(exc).__name__}: {first});"
+        f" {GL_FIX}"
+    ) from exc
+
+from drivers.sim.task import COLOURS, TASKS, ObjectReading, instruction_for  # noqa: E402
+from drivers.sim.world import Episode, Outcome, SimWorld, WorldConfig, shared_world  # noqa: E402
+
+__all__ = [
+    "COLOURS",
+    "GL_BACKEND",
+    "TASKS",
+    "Episode",
+    "ObjectReading",
+    "Outcome",
+    "SimWorld",
+    "WorldConfig",
+    "instruction_for",
+    "shared_world",
+]
