@@ -389,9 +389,9 @@ class SimWorld:
     def operator_resume(self) -> None:
         self._operator_stopped = False
 
-    def inject_fault(self) -> None:
+    async def inject_fault(self) -> None:
         """For tests: corrupt the physics (a NaN joint speed) the way a numerical blow-up would."""
-        self._physics.submit(self._poison)
+        await self._call(self._poison)
 
     # -- physics thread --------------------------------------------------------------------
     def _advance(self, t: float) -> None:
@@ -408,17 +408,17 @@ class SimWorld:
                 self._halt_now()  # decelerate to a standstill, as the arm's own stop does
             self._servo(t)
             if self._moving:
-                self._place_cubes(t)
+                self._place_cubes(t)  # where they are during this step
             d = self._data
             d.ctrl[: self._dof] = self._ref
             d.ctrl[self._dof :] = self._ref_vel
             d.qfrc_applied[: self._dof] = self._feedforward
             before = d.qpos.copy()
-            mujoco.mj_step(self.model, d)
+            mujoco.mj_step(self.model, d)  # its kinematics (the tool point) are those at t
             if not self._finite():
                 self._fail(before)
             else:
-                self._judge(t + TIMESTEP)
+                self._judge(t)
         self._steps += 1
 
     def _servo(self, t: float) -> None:
@@ -464,15 +464,21 @@ class SimWorld:
         cubes = self._episode.cubes
         if t == 0.0:
             for i, cube in enumerate(cubes):
-                self._data.mocap_pos[i] = (cube.x, cube.y, cube.z)
                 self._data.mocap_quat[i] = _yaw_quat(cube.yaw)
-        if self._moving:
-            self._data.mocap_pos[:, 1] = [conveyor_y(c.y, self._speed, t) for c in cubes]
+        self._data.mocap_pos[:] = self._cube_positions(t)
 
-    def _cube_now(self, i: int) -> CubePose:
+    def _cube_positions(self, t: float) -> np.ndarray:
+        """Every cube's centre at world time `t` (the conveyor's motion is exact, not stepped)."""
+        cubes = self._episode.cubes
+        if not self._moving:
+            return np.array([(c.x, c.y, c.z) for c in cubes])
+        return np.array([(c.x, conveyor_y(c.y, self._speed, t), c.z) for c in cubes])
+
+    def _cube_at(self, i: int, t: float) -> CubePose:
         cube = self._episode.cubes[i]
-        y = float(self._data.mocap_pos[i][1])
-        return dataclasses.replace(cube, y=y)
+        if not self._moving:
+            return cube
+        return dataclasses.replace(cube, y=conveyor_y(cube.y, self._speed, t))
 
     def _finite(self) -> bool:
         """MuJoCo checks every step for NaN or huge joint values (and then resets the data,
@@ -498,7 +504,7 @@ class SimWorld:
         if t > self._episode.limit + 1e-9:
             return
         tool = self._data.site_xpos[self._tool]
-        dist = distance_to_top_face(tool, self._cube_now(self._target_index))
+        dist = distance_to_top_face(tool, self._cube_at(self._target_index, t))
         self._min_distance = min(self._min_distance, dist)
         if dist <= SUCCESS_DISTANCE and self._success_time is None:
             self._success_time = t
@@ -518,6 +524,7 @@ class SimWorld:
             mode, ready = "STOPPED by operator: resume needed", False
         else:
             mode, ready = "RUNNING", True
+        mujoco.mj_kinematics(self.model, d)  # the tool pose of these joint positions
         pose = np.concatenate([d.site_xpos[self._tool], _rotvec(d.site_xmat[self._tool])])
         return ArmSample(
             time=self._loop_time(),
@@ -530,10 +537,14 @@ class SimWorld:
 
     def _snapshot(self) -> Snapshot:
         d = self._data
-        return Snapshot(self._loop_time(), d.qpos.copy(), d.mocap_pos.copy(), d.mocap_quat.copy())
+        t = self._steps * TIMESTEP
+        return Snapshot(
+            self._loop_time(), d.qpos.copy(), self._cube_positions(t), d.mocap_quat.copy()
+        )
 
     def _objects(self) -> tuple[float, ObjectReading]:
-        cubes = tuple(self._cube_now(i) for i in range(len(COLOURS)))
+        t = self._steps * TIMESTEP
+        cubes = tuple(self._cube_at(i, t) for i in range(len(COLOURS)))
         return self._loop_time(), ObjectReading(cubes, self._episode.target, self._speed)
 
     def _set_goal(self, q: np.ndarray, duration: float) -> None:
