@@ -16,6 +16,7 @@ the user has not chosen one.
 
 from __future__ import annotations
 
+import logging
 import os
 
 #: The OpenGL backend MuJoCo renders with (set to EGL here when unset: headless rendering).
@@ -26,8 +27,11 @@ GL_FIX = (
     " libgl1-mesa-dri), or MUJOCO_GL=osmesa with libosmesa6, or MUJOCO_GL=glfw on a desktop"
 )
 
+# PyOpenGL (imported by MuJoCo for EGL) logs at INFO that its optional C speed-ups are absent.
+logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
+
 try:
-    import mujoco  # noqa: F401 - imported here first so that MUJOCO_GL above applies
+    import mujoco  # imported here first, so that MUJOCO_GL above applies
 except ModuleNotFoundError as exc:
     raise ImportError(
         f"the simulated world needs MuJoCo ({exc}): pip install 'mujoco>=3.2,<5'"
@@ -38,6 +42,16 @@ except Exception as exc:  # an invalid MUJOCO_GL, or a backend whose libraries a
         f"MuJoCo cannot start with MUJOCO_GL={GL_BACKEND!r} ({type(exc).__name__}: {first});"
         f" {GL_FIX}"
     ) from exc
+
+
+def _log_mujoco_warning(message: str) -> None:
+    logging.getLogger("drivers.sim.mujoco").warning("MuJoCo: %s", message)
+
+
+# MuJoCo's own warning handler prints and appends to MUJOCO_LOG.TXT in the working
+# directory; its warnings go to the log instead (unless someone installed a handler).
+if mujoco.get_mju_user_warning() is None:
+    mujoco.set_mju_user_warning(_log_mujoco_warning)
 
 from drivers.sim.task import COLOURS, TASKS, ObjectReading, instruction_for  # noqa: E402
 from drivers.sim.world import Episode, Outcome, SimWorld, WorldConfig, shared_world  # noqa: E402

@@ -243,6 +243,10 @@ def scene_xml(*, conveyor: bool) -> str:
     <global offwidth="{MAX_IMAGE}" offheight="{MAX_IMAGE}"/>
     <headlight ambient="0.3 0.3 0.3" diffuse="0.35 0.35 0.35" specular="0 0 0"/>
   </visual>
+  <asset>
+    <texture name="sky" type="skybox" builtin="gradient" rgb1="0.55 0.6 0.68" rgb2="0.2 0.22 0.25"
+             width="64" height="64"/>
+  </asset>
   <default>
     <geom contype="0" conaffinity="0"/>
     <joint armature="{ARMATURE}"/>
