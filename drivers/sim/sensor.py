@@ -31,7 +31,11 @@ class SimSensor(Lifecycle, ConfiguredDriver):
         return self._handle.world
 
     async def __aenter__(self) -> Self:
-        await self.world.objects()  # world time 0, if this driver is the first
+        try:
+            await self.world.objects()  # world time 0, if this driver is the first
+        except BaseException:
+            await self.close()  # a failed connect releases its share of the world
+            raise
         return self
 
     async def _release(self) -> None:

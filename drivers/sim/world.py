@@ -38,6 +38,7 @@ import mujoco
 import numpy as np
 
 from drivers.arms import UR5_HOME, UR5_LIMITS
+from drivers.base import now
 from drivers.errors import ConnectionLost, DriverConfigError, DriverError, NotReady
 from drivers.options import option, validate
 from drivers.sim import GL_BACKEND, GL_FIX
@@ -340,7 +341,7 @@ class SimWorld:
             raise SimClosed(f"sim world {self.name!r} is closed")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._physics, self._at, loop.time(), fn, args)
+            return await loop.run_in_executor(self._physics, self._at, now(), fn, args)
         except RuntimeError as exc:
             if self._closed:  # shut down between the check and the submit
                 raise SimClosed(f"sim world {self.name!r} is closed") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 
 import mujoco
 import numpy as np
@@ -228,3 +229,23 @@ async def test_a_missing_gl_fails_at_connect_with_the_fix(world_name, monkeypatc
     assert "\n" not in text
     assert "MUJOCO_GL=" in text and "apt install libegl1" in text and "FatalError" in text
     assert camera.closed  # the failed connect released the world
+
+
+async def test_frames_come_at_the_cameras_rate_rendered_off_the_loop(world_name, monkeypatch):
+    threads: set[str] = set()
+    render = SimWorld._render
+
+    def recording(self, *args):
+        threads.add(threading.current_thread().name)
+        return render(self, *args)
+
+    monkeypatch.setattr(SimWorld, "_render", recording)
+    camera = SimCamera(SimCameraConfig(view="front", world=world_name, width=20, height=12, fps=4))
+    async with camera:
+        frames = camera.frames()
+        got = [await anext(frames) for _ in range(5)]
+        await frames.aclose()
+    assert [f.seq for f in got] == [0, 1, 2, 3, 4] and camera.name == "front"
+    np.testing.assert_allclose(np.diff([f.capture_time for f in got]), 0.25, atol=TIMESTEP)
+    assert all(f.image.shape == (12, 20, 3) and f.camera == "front" for f in got)
+    assert threads == {f"sim-{world_name}-render_0"}  # one thread of its own, not the loop's
