@@ -54,7 +54,14 @@ if mujoco.get_mju_user_warning() is None:
     mujoco.set_mju_user_warning(_log_mujoco_warning)
 
 from drivers.sim.task import COLOURS, TASKS, ObjectReading, instruction_for  # noqa: E402
-from drivers.sim.world import Episode, Outcome, SimWorld, WorldConfig, shared_world  # noqa: E402
+from drivers.sim.world import (  # noqa: E402
+    Episode,
+    Outcome,
+    SimWorld,
+    WorldConfig,
+    plan_episode,
+    shared_world,
+)
 
 __all__ = [
     "COLOURS",
@@ -66,5 +73,6 @@ __all__ = [
     "SimWorld",
     "WorldConfig",
     "instruction_for",
+    "plan_episode",
     "shared_world",
 ]

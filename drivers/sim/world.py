@@ -217,6 +217,26 @@ _BAD_WARNINGS = [
 ]
 
 
+def plan_episode(config: WorldConfig, name: str = "default") -> Episode:
+    """The episode a world of this config will run (layout, named cube, instruction), without
+    building the world: a tool can read the instruction before it starts anything."""
+    cfg = config.resolved()
+    assert cfg.seed is not None and cfg.task is not None and cfg.episode_limit is not None
+    rng = np.random.default_rng(cfg.seed)
+    cubes = sample_cubes(rng)  # first: the layout of a seed does not depend on `target`
+    target = str(rng.choice(COLOURS)) if cfg.target == "random" else str(cfg.target)
+    return Episode(
+        world=name,
+        task=cfg.task,
+        seed=cfg.seed,
+        target=target,
+        instruction=instruction_for(target),
+        limit=cfg.episode_limit,
+        conveyor_speed=float(cfg.conveyor_speed or 0.0),
+        cubes=cubes,
+    )
+
+
 def _new_renderer(model: mujoco.MjModel, width: int, height: int) -> mujoco.Renderer:
     """One OpenGL renderer (a module function so a test can make it fail like a missing GL)."""
     return mujoco.Renderer(model, height, width)
@@ -225,6 +245,8 @@ def _new_renderer(model: mujoco.MjModel, width: int, height: int) -> mujoco.Rend
 def _rotvec(mat: np.ndarray) -> np.ndarray:
     quat = np.empty(4)
     mujoco.mju_mat2Quat(quat, np.ascontiguousarray(mat).reshape(9))
+    if quat[0] < 0:
+        quat = -quat  # the same rotation, by an angle within [0, pi] as UR reports it
     w = float(np.clip(quat[0], -1.0, 1.0))
     angle = 2.0 * math.acos(w)
     s = math.sqrt(max(1.0 - w * w, 0.0))
@@ -252,24 +274,10 @@ class SimWorld:
     def __init__(self, config: WorldConfig | None = None, *, name: str = "default") -> None:
         self.name = name
         self.config = (config or WorldConfig()).resolved()
-        cfg = self.config
-        assert cfg.seed is not None and cfg.task is not None and cfg.episode_limit is not None
-        rng = np.random.default_rng(cfg.seed)
-        cubes = sample_cubes(rng)
-        target = str(rng.choice(COLOURS)) if cfg.target == "random" else str(cfg.target)
-        self._moving = cfg.task == "reach-moving"
-        self._speed = float(cfg.conveyor_speed or 0.0)
-        self._episode = Episode(
-            world=name,
-            task=cfg.task,
-            seed=cfg.seed,
-            target=target,
-            instruction=instruction_for(target),
-            limit=cfg.episode_limit,
-            conveyor_speed=self._speed,
-            cubes=cubes,
-        )
-        self._target_index = COLOURS.index(target)
+        self._episode = plan_episode(self.config, name)
+        self._moving = self._episode.task == "reach-moving"
+        self._speed = self._episode.conveyor_speed
+        self._target_index = COLOURS.index(self._episode.target)
 
         self.model = mujoco.MjModel.from_xml_string(scene_xml(conveyor=self._moving))
         self._data = mujoco.MjData(self.model)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 
+import mujoco
 import numpy as np
 import pytest
 
@@ -49,9 +50,18 @@ async def test_a_command_moves_the_arm_there_within_the_speed_limits(world_name)
     np.testing.assert_allclose(q[-1], target, atol=2e-3)
     assert np.all(np.abs(qd[-1]) < 0.01)
     assert all(s.ready and s.mode == "RUNNING" for s in samples)
-    # The state's tool pose is the DH forward kinematics of its joint positions.
-    pose = dh_forward_kinematics(samples[-1].positions)
-    np.testing.assert_allclose(samples[-1].tool_pose[:3], pose[:3, 3], atol=1e-9)
+    # The state's tool pose (UR's x, y, z, rotation vector) is the DH forward kinematics
+    # of its joint positions.
+    for s in samples[::50]:
+        pose = dh_forward_kinematics(s.positions)
+        np.testing.assert_allclose(s.tool_pose[:3], pose[:3, 3], atol=1e-9)
+        rotvec = s.tool_pose[3:]
+        angle = float(np.linalg.norm(rotvec))
+        assert angle <= math.pi + 1e-9
+        quat, mat = np.empty(4), np.empty(9)
+        mujoco.mju_axisAngle2Quat(quat, rotvec / angle, angle)
+        mujoco.mju_quat2Mat(mat, quat)
+        np.testing.assert_allclose(mat.reshape(3, 3), pose[:3, :3], atol=1e-9)
 
 
 async def test_a_slow_command_is_spread_over_its_duration(world_name):

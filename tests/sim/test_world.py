@@ -29,7 +29,7 @@ from drivers.sim.task import (
     ObjectReading,
     distance_to_top_face,
 )
-from drivers.sim.world import SimRenderError, SimWorld, WorldConfig
+from drivers.sim.world import SimRenderError, SimWorld, WorldConfig, plan_episode
 
 from .helpers import parts
 
@@ -42,15 +42,18 @@ pytestmark = pytest.mark.virtual_clock
 def test_a_seed_fixes_the_layout_and_the_named_cube():
     a, b = SimWorld(WorldConfig(seed=11)), SimWorld(WorldConfig(seed=11))
     assert a.episode().cubes == b.episode().cubes and a.episode().target == b.episode().target
-    layouts = {SimWorld(WorldConfig(seed=s)).episode().cubes for s in range(30)}
+    assert a.episode() == plan_episode(WorldConfig(seed=11))  # known before a world is built
+    layouts = {plan_episode(WorldConfig(seed=s)).cubes for s in range(30)}
     assert len(layouts) == 30
-    targets = {SimWorld(WorldConfig(seed=s)).episode().target for s in range(30)}
+    targets = {plan_episode(WorldConfig(seed=s)).target for s in range(30)}
     assert targets == set(COLOURS)  # every colour gets asked for
+    # Fixing the named cube leaves the seed's layout as it was.
+    assert plan_episode(WorldConfig(seed=11, target="blue")).cubes == a.episode().cubes
 
 
 def test_layouts_are_on_the_table_apart_and_reachable():
-    for seed in range(200):
-        ep = SimWorld(WorldConfig(seed=seed)).episode()
+    for seed in range(500):
+        ep = plan_episode(WorldConfig(seed=seed))
         assert [c.colour for c in ep.cubes] == list(COLOURS)
         for c in ep.cubes:
             assert REGION_X[0] <= c.x <= REGION_X[1] and REGION_Y[0] <= c.y <= REGION_Y[1]
