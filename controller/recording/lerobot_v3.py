@@ -183,6 +183,8 @@ class LeRobotV3Writer:
         self._episodes_file: tuple[int, int] = (0, 0)
         self._episodes_table: pa.Table | None = None
         self._last: dict[str, Any] | None = None
+        #: Whether `open` made the directory (then a run that saved nothing removes it).
+        self._created = False
 
     # -- opening ------------------------------------------------------------
     @classmethod
@@ -210,6 +212,9 @@ class LeRobotV3Writer:
                     " name a new or empty directory (nothing there was touched)"
                 )
         writer = cls(path, fps)
+        writer._created = not path.exists()
+        if info_file.is_file():
+            writer._load(where)  # read only: a dataset we cannot take is left untouched
         try:
             (path / STAGING).mkdir(parents=True, exist_ok=True)
             probe = path / STAGING / f"probe{PARTIAL}"
@@ -217,8 +222,6 @@ class LeRobotV3Writer:
             probe.unlink()
         except OSError as exc:
             raise DatasetDirError(f"{where} cannot be written: {exc.strerror}") from None
-        if info_file.is_file():
-            writer._load(where)
         writer._remove_partials()
         return writer
 
@@ -541,24 +544,36 @@ class LeRobotV3Writer:
         }
 
     def close(self) -> None:
-        """Remove our scratch directory once a dataset is saved and it is empty.
+        """Remove our scratch directory; if no episode was ever saved, the directories we made.
 
-        Before the first episode is saved it stays: it marks the directory as
-        ours, so that a later run may use it although it is no longer empty.
+        Only empty directories are removed. If anything else is left (files
+        of a first commit that was cut short), the scratch directory stays:
+        it marks the directory as ours, so that a later run may use it
+        although it is not empty.
         """
         if self.info is None:
-            return
-        try:
-            self.staging.rmdir()
-        except OSError:
-            pass
-
-    def discard(self, paths: Mapping[str, Path]) -> None:
-        for p in paths.values():
-            p.unlink(missing_ok=True)
+            for top in ("meta", "data", "videos"):
+                base = self.root / top
+                if base.is_dir():
+                    for d in sorted(base.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                        _rmdir(d)
+                    _rmdir(base)
+            if {p.name for p in self.root.iterdir()} != {STAGING}:
+                return
+        _rmdir(self.staging)
+        if self.info is None and self._created:
+            _rmdir(self.root)
 
 
 # -- file helpers -----------------------------------------------------------
+
+
+def _rmdir(path: Path) -> None:
+    """Remove `path` if it is an empty directory (never anything else)."""
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _partial(target: Path) -> Path:

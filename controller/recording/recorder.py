@@ -243,6 +243,21 @@ class Recorder:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    @property
+    def busy(self) -> bool:
+        """The writer thread is still running (after `close`: it did not finish in time)."""
+        return self._thread.is_alive()
+
+    def summary(self) -> dict[str, Any]:
+        """What the run summary and `--stats-json` report about the recording."""
+        return {
+            "dir": str(self.root),
+            "episodes_saved": self.saved,
+            "steps_recorded": self.recorded,
+            "steps_dropped": self.dropped,
+            "error": None if self.error is None else str(self.error),
+        }
+
     # -- writer thread -------------------------------------------------------
     def _take(self) -> Any:
         with self._cond:
