@@ -188,12 +188,14 @@ class LeRobotV3Writer:
 
     # -- opening ------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | Path, *, fps: int) -> LeRobotV3Writer:
+    def open(
+        cls, root: str | Path, *, fps: int, camera_keys: Sequence[str] = ()
+    ) -> LeRobotV3Writer:
         """Check `root` (new, empty, or a v3.0 dataset to append to) and make it ready.
 
         Raises `DatasetDirError` with one line when the directory is a file,
-        not empty and not a dataset, a dataset of another version or rate,
-        or cannot be written.
+        not empty and not a dataset, a dataset of another version, rate or
+        cameras, or cannot be written. Nothing is written before these checks.
         """
         path = Path(root).expanduser()
         where = f"--record {str(root)!r}"
@@ -215,6 +217,10 @@ class LeRobotV3Writer:
         writer._created = not path.exists()
         if info_file.is_file():
             writer._load(where)  # read only: a dataset we cannot take is left untouched
+            try:
+                writer.check_cameras(camera_keys)
+            except DatasetMismatch as exc:
+                raise DatasetDirError(f"{where}: {exc}") from None
         try:
             (path / STAGING).mkdir(parents=True, exist_ok=True)
             probe = path / STAGING / f"probe{PARTIAL}"
@@ -423,8 +429,13 @@ class LeRobotV3Writer:
             for partial, _ in renames:
                 partial.unlink(missing_ok=True)
             raise
-        for partial, target in renames:
-            os.replace(partial, target)
+        for done, (partial, target) in enumerate(renames):
+            try:
+                os.replace(partial, target)
+            except BaseException:
+                for left, _ in renames[done:]:
+                    left.unlink(missing_ok=True)
+                raise
         for d in {target.parent for _, target in renames}:
             _fsync_dir(d)
         for path in ep.videos.values():

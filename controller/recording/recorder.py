@@ -25,9 +25,11 @@ episode (`attach`); `controller.collect` runs N and scores each.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,17 @@ log = logging.getLogger("controller.recording")
 
 #: Steps the queue holds by default: 6.4 s at 10 Hz, ~20 MB with two 224x224 cameras.
 DEFAULT_CAPACITY = 64
+#: Seconds a recorder left open may take to finish when the interpreter exits.
+EXIT_CLOSE_S = 30.0
+
+_OPEN: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Finish the recorders nobody closed: their saved episodes must not be lost to an exit."""
+    for recorder in list(_OPEN):
+        recorder.close(EXIT_CLOSE_S)
 
 
 class RecordingError(RuntimeError):
@@ -127,11 +140,7 @@ class Recorder:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.fps = int(fps)
-        self.writer = LeRobotV3Writer.open(root, fps=self.fps)
-        try:
-            self.writer.check_cameras(sorted(keys.values()))
-        except DatasetMismatch as exc:
-            raise DatasetDirError(f"--record: {exc}") from None
+        self.writer = LeRobotV3Writer.open(root, fps=self.fps, camera_keys=list(keys.values()))
         self.root = self.writer.root
         self.capacity = capacity
         self.crf = crf
@@ -150,8 +159,11 @@ class Recorder:
         self._done = 0
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="recorder", daemon=False)
+        # A daemon, so that a recorder nobody closed cannot keep the process from
+        # exiting; `_close_at_exit` still saves its episode (bounded) at a normal exit.
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
+        _OPEN.add(self)
 
     # -- loop side: cheap, never blocks -------------------------------------
     @property
@@ -241,7 +253,10 @@ class Recorder:
             self._closed = True
             self._put(_Close())
         self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if self._thread.is_alive():
+            return False
+        _OPEN.discard(self)
+        return True
 
     @property
     def busy(self) -> bool:
