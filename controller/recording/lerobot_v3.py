@@ -429,25 +429,29 @@ class LeRobotV3Writer:
             for partial, _ in renames:
                 partial.unlink(missing_ok=True)
             raise
-        for done, (partial, target) in enumerate(renames):
-            try:
-                os.replace(partial, target)
-            except BaseException:
-                for left, _ in renames[done:]:
-                    left.unlink(missing_ok=True)
-                raise
-        for d in {target.parent for _, target in renames}:
-            _fsync_dir(d)
-        for path in ep.videos.values():
-            path.unlink(missing_ok=True)
-
-        self.info, self.tasks, self.stats = info, tasks, all_stats
-        self._episodes_file, self._episodes_table = ep_file, ep_table
-        self._last = {
-            **row,
-            "meta/episodes/chunk_index": ep_file[0],
-            "meta/episodes/file_index": ep_file[1],
-        }
+        committed = False
+        try:
+            for done, (partial, target) in enumerate(renames):
+                try:
+                    os.replace(partial, target)
+                except BaseException:
+                    for left, _ in renames[done:]:
+                        left.unlink(missing_ok=True)
+                    raise
+                committed = committed or target == ep_path
+            for d in {target.parent for _, target in renames}:
+                _fsync_dir(d)
+            for path in ep.videos.values():
+                path.unlink(missing_ok=True)
+        finally:
+            if committed:  # the episodes table names it: the episode is in the dataset
+                self.info, self.tasks, self.stats = info, tasks, all_stats
+                self._episodes_file, self._episodes_table = ep_file, ep_table
+                self._last = {
+                    **row,
+                    "meta/episodes/chunk_index": ep_file[0],
+                    "meta/episodes/file_index": ep_file[1],
+                }
         return SavedEpisode(index, n, task_index, data_file, video_files)
 
     def _rows(

@@ -410,8 +410,8 @@ class Recorder:
         else:
             cause = " ".join(str(exc).split()) or type(exc).__name__
         self.error = RecordingError(
-            f"recording to {str(self.root)!r} failed: {cause} ({self.saved} episode(s) saved;"
-            " the episode in progress was not)"
+            f"recording to {str(self.root)!r} failed: {cause} (the dataset keeps its"
+            f" {self.writer.total_episodes} saved episode(s); the one in progress is lost)"
         )
         log.error("%s", self.error)
         log.debug("the recorder's failure", exc_info=exc)
