@@ -77,8 +77,6 @@ INDEX_FEATURES: dict[str, dict[str, Any]] = {
     "index": {"dtype": "int64", "shape": [1], "names": None},
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
-#: Video quality (libx264 CRF): lossy, but a frame's pixels stay within a few levels.
-DEFAULT_CRF = 23
 
 
 class DatasetDirError(ConfigError):
@@ -303,15 +301,31 @@ class LeRobotV3Writer:
         return self.root / STAGING
 
     def check_cameras(self, keys: Sequence[str]) -> None:
-        """An existing dataset records these camera features, or it cannot take this run's."""
+        """An existing dataset records exactly what a run records, with these cameras.
+
+        A dataset with features of its own (a reward, another camera) is
+        refused: appending rows without them would drop them from its files.
+        """
         spec = self.spec
-        if spec is None:
+        if spec is None or self.info is None:
             return
         have = sorted(c.key for c in spec.cameras)
         if sorted(keys) != have:
             raise DatasetMismatch(
                 f"the dataset at {str(self.root)!r} records cameras {have}; this run has"
                 f" {sorted(keys)}"
+            )
+        theirs = {
+            k: (f.get("dtype"), len(f.get("shape") or ())) for k, f in self.info["features"].items()
+        }
+        ours = {k: (f["dtype"], len(f["shape"])) for k, f in spec.features().items()}
+        if theirs != ours:
+            other = sorted(set(theirs) ^ set(ours)) or sorted(
+                k for k in ours if theirs.get(k) != ours[k]
+            )
+            raise DatasetMismatch(
+                f"the dataset at {str(self.root)!r} has features this recorder does not write"
+                f" the same way ({', '.join(other)})"
             )
 
     def settle(self, proposed: DatasetSpec) -> DatasetSpec:
@@ -333,118 +347,61 @@ class LeRobotV3Writer:
         n = ep.length
         if n == 0:
             raise ValueError("an episode needs at least one frame")
-        index = self.total_episodes
-        first = self.total_frames
-        renames: list[tuple[Path, Path]] = []
+        index, first = self.total_episodes, self.total_frames
+        task_index = self.tasks.get(ep.task, len(self.tasks))
+        tasks = {**self.tasks, ep.task: task_index}
+        staged: list[tuple[Path, Path]] = []  # (partial, target), in the order they are renamed
         try:
-            task_index = self.tasks.get(ep.task, len(self.tasks))
-            tasks = {**self.tasks, ep.task: task_index}
             rows = self._rows(ep, spec, index, first, task_index)
             ep_stats = self._episode_stats(rows, ep)
-
-            # Videos, one file per camera.
-            video_meta: dict[str, Any] = {}
+            row: dict[str, Any] = {}
             video_files: dict[str, Path] = {}
             for cam in spec.cameras:
-                segment = ep.videos[cam.key]
-                (chunk, file), base_frames = self._target_video(cam.key, segment.stat().st_size)
-                target = self.root / VIDEO_PATH.format(
-                    video_key=cam.key, chunk_index=chunk, file_index=file
-                )
-                target.parent.mkdir(parents=True, exist_ok=True)
-                partial = _partial(target)
-                video.append(
-                    target if base_frames else None, base_frames, segment, partial, spec.fps
-                )
-                _fsync(partial)
-                renames.append((partial, target))
-                video_files[cam.key] = target
-                start = base_frames / spec.fps
-                video_meta.update(
-                    {
-                        f"videos/{cam.key}/chunk_index": chunk,
-                        f"videos/{cam.key}/file_index": file,
-                        f"videos/{cam.key}/from_timestamp": start,
-                        f"videos/{cam.key}/to_timestamp": start + n / spec.fps,
-                    }
-                )
-
-            # Rows.
-            (chunk, file), base_rows = self._target_data(rows.nbytes)
-            data_file = self.root / DATA_PATH.format(chunk_index=chunk, file_index=file)
-            data_file.parent.mkdir(parents=True, exist_ok=True)
-            table = rows
-            if base_rows:
-                old = pq.read_table(data_file).select(rows.column_names).cast(rows.schema)
-                old = old.filter(pc.less(old["index"], first))
-                table = pa.concat_tables([old, rows])
-            renames.append((_write_parquet(table, data_file), data_file))
-
-            # Tasks, if this one is new.
+                partial, video_files[cam.key] = self._stage_video(cam.key, ep, spec, row)
+                staged.append((partial, video_files[cam.key]))
+            partial, data_file = self._stage_rows(rows, first, row)
+            staged.append((partial, data_file))
             if ep.task not in self.tasks:
-                renames.append(
-                    (
-                        _write_parquet(_tasks_table(tasks), self.root / TASKS_PATH),
-                        self.root / TASKS_PATH,
-                    )
-                )
-
-            # The episodes table: the commit.
-            row = {
-                "episode_index": index,
-                "tasks": [ep.task],
-                "length": n,
-                "data/chunk_index": chunk,
-                "data/file_index": file,
-                "dataset_from_index": first,
-                "dataset_to_index": first + n,
-                **video_meta,
-                "success": ep.success,
-                "dropped_steps": ep.dropped,
-                **{
-                    f"stats/{feat}/{k}": np.asarray(v).tolist()
-                    for feat, s in ep_stats.items()
-                    for k, v in s.items()
-                },
-            }
+                target = self.root / TASKS_PATH
+                staged.append((_write_parquet(_tasks_table(tasks), target), target))
+            row.update(
+                {
+                    "episode_index": index,
+                    "tasks": [ep.task],
+                    "length": n,
+                    "dataset_from_index": first,
+                    "dataset_to_index": first + n,
+                    "success": ep.success,
+                    "dropped_steps": ep.dropped,
+                    **{
+                        f"stats/{feat}/{k}": np.asarray(v).tolist()
+                        for feat, s in ep_stats.items()
+                        for k, v in s.items()
+                    },
+                }
+            )
             ep_file, ep_table = self._episodes_with(row)
             ep_path = self.root / EPISODES_PATH.format(
                 chunk_index=ep_file[0], file_index=ep_file[1]
             )
-            ep_path.parent.mkdir(parents=True, exist_ok=True)
-            renames.append((_write_parquet(ep_table, ep_path), ep_path))
-
-            # Stats and info, from everything committed so far.
+            staged.append((_write_parquet(ep_table, ep_path), ep_path))
             all_stats = stats_mod.aggregate([self.stats, ep_stats] if self.stats else [ep_stats])
-            renames.append(
-                (
-                    _write_json(stats_mod.to_json(all_stats), self.root / STATS_PATH),
-                    self.root / STATS_PATH,
-                )
-            )
+            target = self.root / STATS_PATH
+            staged.append((_write_json(stats_mod.to_json(all_stats), target), target))
             probes = {key: _partial(path) for key, path in video_files.items()}
             info = self._info_after(spec, index + 1, first + n, len(tasks), probes)
-            renames.append((_write_json(info, self.root / INFO_PATH), self.root / INFO_PATH))
+            staged.append((_write_json(info, self.root / INFO_PATH), self.root / INFO_PATH))
         except BaseException:
-            for partial, _ in renames:
+            for partial, _ in staged:
                 partial.unlink(missing_ok=True)
             raise
-        committed = False
+        published: list[Path] = []
         try:
-            for done, (partial, target) in enumerate(renames):
-                try:
-                    os.replace(partial, target)
-                except BaseException:
-                    for left, _ in renames[done:]:
-                        left.unlink(missing_ok=True)
-                    raise
-                committed = committed or target == ep_path
-            for d in {target.parent for _, target in renames}:
-                _fsync_dir(d)
-            for path in ep.videos.values():
-                path.unlink(missing_ok=True)
+            _publish(staged, published)
         finally:
-            if committed:  # the episodes table names it: the episode is in the dataset
+            if ep_path in published:
+                # The episodes table names it: the episode is in the dataset (even if
+                # a later rename failed: stats and info catch up at the next commit).
                 self.info, self.tasks, self.stats = info, tasks, all_stats
                 self._episodes_file, self._episodes_table = ep_file, ep_table
                 self._last = {
@@ -452,7 +409,37 @@ class LeRobotV3Writer:
                     "meta/episodes/chunk_index": ep_file[0],
                     "meta/episodes/file_index": ep_file[1],
                 }
+        for path in ep.videos.values():
+            path.unlink(missing_ok=True)
         return SavedEpisode(index, n, task_index, data_file, video_files)
+
+    def _stage_video(
+        self, key: str, ep: EpisodeData, spec: DatasetSpec, row: dict[str, Any]
+    ) -> tuple[Path, Path]:
+        """The camera's file with the episode appended, as a partial; its place goes in `row`."""
+        segment = ep.videos[key]
+        (chunk, file), base_frames = self._target_video(key, segment.stat().st_size)
+        target = self.root / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
+        partial = _partial(target)
+        video.append(target if base_frames else None, base_frames, segment, partial, spec.fps)
+        _fsync(partial)
+        start = base_frames / spec.fps
+        row[f"videos/{key}/chunk_index"] = chunk
+        row[f"videos/{key}/file_index"] = file
+        row[f"videos/{key}/from_timestamp"] = start
+        row[f"videos/{key}/to_timestamp"] = start + ep.length / spec.fps
+        return partial, target
+
+    def _stage_rows(self, rows: pa.Table, first: int, row: dict[str, Any]) -> tuple[Path, Path]:
+        """The data file with the rows appended (and none past `first` before them), as a partial."""
+        (chunk, file), base_rows = self._target_data(rows.nbytes)
+        target = self.root / DATA_PATH.format(chunk_index=chunk, file_index=file)
+        table = rows
+        if base_rows:
+            old = pq.read_table(target).select(rows.column_names).cast(rows.schema)
+            table = pa.concat_tables([old.filter(pc.less(old["index"], first)), rows])
+        row["data/chunk_index"], row["data/file_index"] = chunk, file
+        return _write_parquet(table, target), target
 
     def _rows(
         self, ep: EpisodeData, spec: DatasetSpec, index: int, first: int, task_index: int
@@ -581,6 +568,23 @@ class LeRobotV3Writer:
 
 
 # -- file helpers -----------------------------------------------------------
+
+
+def _publish(staged: Sequence[tuple[Path, Path]], published: list[Path]) -> None:
+    """Rename each partial over its target, in order, noting each in `published`.
+
+    On a failure the partials left are removed and the error raised.
+    """
+    for done, (partial, target) in enumerate(staged):
+        try:
+            os.replace(partial, target)
+        except BaseException:
+            for left, _ in staged[done:]:
+                left.unlink(missing_ok=True)
+            raise
+        published.append(target)
+    for directory in {target.parent for _, target in staged}:
+        _fsync_dir(directory)
 
 
 def _rmdir(path: Path) -> None:

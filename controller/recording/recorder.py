@@ -41,7 +41,6 @@ import numpy as np
 from controller.recording import stats as stats_mod
 from controller.recording import video
 from controller.recording.lerobot_v3 import (
-    DEFAULT_CRF,
     CameraSpec,
     DatasetDirError,
     DatasetMismatch,
@@ -119,7 +118,7 @@ class Recorder:
         fps: float,
         cameras: Sequence[str],
         capacity: int = DEFAULT_CAPACITY,
-        crf: int = DEFAULT_CRF,
+        crf: int = video.DEFAULT_CRF,
         on_error: Callable[[RecordingError], None] | None = None,
     ) -> None:
         """Open (or create) the dataset at `root`; refuses with `DatasetDirError` (one line).

@@ -25,9 +25,11 @@ from typing import Any
 import av
 import numpy as np
 
-#: What LeRobot's `info.json` names the codec and pixel format as (PyAV's canonical names).
-CODEC = "h264"
+#: The pixel format LeRobot's `info.json` names (PyAV's name).
 PIX_FMT = "yuv420p"
+#: Video quality (libx264 CRF): lossy, a frame's pixels within ~2 levels on average
+#: (measured on the fake camera's frames: mean absolute error under 1.8 of 255).
+DEFAULT_CRF = 23
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:

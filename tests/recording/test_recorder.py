@@ -250,6 +250,7 @@ def test_a_directory_that_is_not_a_dataset_is_refused_and_untouched(tmp_path):
         ("fps", "holds a dataset recorded at 30 fps; this run's control rate is 10 Hz"),
         ("cameras", "records cameras ['observation.images.cam']; this run has"),
         ("unreadable", "holds a dataset that cannot be read"),
+        ("reward", "has features this recorder does not write the same way (next.reward)"),
     ],
 )
 def test_bad_directories_are_one_line(tmp_path, setup, needle):
@@ -265,11 +266,17 @@ def test_bad_directories_are_one_line(tmp_path, setup, needle):
         info = {"codebase_version": "v2.1" if setup == "v2" else "v3.0", "fps": 30}
         text = json.dumps(info) if setup != "unreadable" else "{not json"
         (root / "meta" / "info.json").write_text(text)
-    elif setup == "cameras":
+    elif setup in ("cameras", "reward"):
         rec = Recorder(root, fps=10, cameras=[synthetic.CAMERA])
         synthetic.record_episode(rec, "a", 3, seed=0)
         assert rec.close(30)
-        cameras = ["front", "wrist"]
+        if setup == "cameras":
+            cameras = ["front", "wrist"]
+        else:  # a dataset of LeRobot's own with a column we do not write
+            info_path = root / "meta" / "info.json"
+            info = json.loads(info_path.read_text())
+            info["features"]["next.reward"] = {"dtype": "float32", "shape": [1], "names": None}
+            info_path.write_text(json.dumps(info))
     before = _tree(root) if root.is_dir() else None
     fps = 30 if setup == "unreadable" else 10
     with pytest.raises(DatasetDirError) as err:
