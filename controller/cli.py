@@ -582,6 +582,12 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
             code = code or EXIT_FAILED
     watchdog.code = code
     print(format_summary(summary))
+    if recorder is not None:
+        rec = summary["recording"]
+        print(
+            f"recording           {rec['episodes_saved']} episode(s) saved to {rec['dir']}"
+            f" ({rec['steps_recorded']} steps, {rec['steps_dropped']} dropped)"
+        )
     if run.stats_json:
         try:
             Path(run.stats_json).write_text(json.dumps(summary, indent=2) + "\n")

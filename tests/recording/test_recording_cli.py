@@ -19,7 +19,7 @@ def test_each_run_appends_one_episode_with_the_instruction_as_its_task(capsys, t
     root = tmp_path / "ds"
     for i, instruction in enumerate(["touch the red cube", "touch the blue cube"]):
         stats = tmp_path / f"s{i}.json"
-        code, _, err = run_cli(
+        code, out, err = run_cli(
             capsys,
             *FAST,
             *TWO_CAMERAS,
@@ -34,6 +34,10 @@ def test_each_run_appends_one_episode_with_the_instruction_as_its_task(capsys, t
         )
         assert code == 0, err
         summary = json.loads(stats.read_text())
+        assert (
+            f"recording           1 episode(s) saved to {root} ({summary['actions_sent']} steps,"
+            " 0 dropped)"
+        ) in out
         assert summary["recording"] == {
             "dir": str(root),
             "episodes_saved": 1,
