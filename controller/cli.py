@@ -38,7 +38,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from controller.config import DEFAULT_POLICY, RunConfig, as_table, from_mapping, load_file
 from controller.errors import USER_ERRORS
@@ -46,6 +46,9 @@ from controller.executor import ComputeExecutor
 from controller.runtime import Controller
 from controller.settings import add_flags, apply_flags, describe_settings
 from controller.telemetry import format_summary
+
+if TYPE_CHECKING:
+    from controller.recording import Recorder
 
 log = logging.getLogger("controller")
 
@@ -65,6 +68,9 @@ RESUME_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
 EXIT_GRACE_S = 5.0
 #: Longest message printed: a repr of a huge array must not flood the terminal.
 _MAX_MESSAGE = 1000
+#: Seconds the recorder may take after the run to write its backlog and save the
+#: episode (the arm is already stopped by then); the exit watchdog allows for it.
+RECORD_CLOSE_S = 30.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -225,6 +231,19 @@ def build(run: RunConfig) -> Controller:
         policy=policy,
         executor=ComputeExecutor(run.device),
     )
+
+
+def _recorder(run: RunConfig, controller: Controller) -> Recorder | None:
+    """`--record DIR`: the run is one episode of the dataset there, its task the instruction."""
+    if run.record is None:
+        return None
+    from controller.recording import Recorder, attach  # pyarrow and PyAV only when recording
+
+    recorder = Recorder(
+        run.record, fps=run.controller.hz, cameras=[cam.name for cam in controller.cameras]
+    )
+    attach(controller, recorder, run.controller.instruction)
+    return recorder
 
 
 class ExitWatchdog:
@@ -392,18 +411,29 @@ async def _run(
     duration: float | None,
     router: SignalRouter,
     watchdog: ExitWatchdog,
+    recorder: Recorder | None = None,
 ) -> dict[str, Any]:
     detach = router.attach(controller)
+    loop = asyncio.get_running_loop()
+    if recorder is not None:
+        # From the writer thread: a recording that cannot be written ends the run.
+        recorder.on_error = lambda _exc: loop.call_soon_threadsafe(
+            controller.request_stop, "recording failed"
+        )
     try:
         return await controller.run(duration)
     finally:
         detach()
-        watchdog.arm(_exit_grace(controller))
+        watchdog.arm(_exit_grace(controller, recorder))
+        if recorder is not None:
+            # The arm is stopped already; the episode is saved off the loop.
+            await loop.run_in_executor(None, recorder.close, RECORD_CLOSE_S)
 
 
-def _exit_grace(controller: Controller) -> float:
+def _exit_grace(controller: Controller, recorder: Recorder | None = None) -> float:
     """How long the process may take to exit: the bounded shutdown steps, plus slack."""
-    return 4 * controller.config.stop_timeout + EXIT_GRACE_S
+    recording = RECORD_CLOSE_S if recorder is not None else 0.0
+    return 4 * controller.config.stop_timeout + EXIT_GRACE_S + recording
 
 
 def _one_line(text: str) -> str:
@@ -488,6 +518,7 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
         source = args.config or "flags"
         run = from_mapping(_overlay(args, data, source), source=source)
         controller = build(run)
+        recorder = _recorder(run, controller)
     except USER_ERRORS as exc:
         print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
@@ -501,18 +532,22 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
     summary: dict[str, Any] | None = None
     code = EXIT_OK
     runner: asyncio.Runner | None = None
-    router.on_stop = lambda: watchdog.arm(_exit_grace(controller) + controller.config.stop_timeout)
+    router.on_stop = lambda: watchdog.arm(
+        _exit_grace(controller, recorder) + controller.config.stop_timeout
+    )
     if router.received:
         names = ", ".join(s.name for s in router.received)
         print(f"{prog}: {names} before the run started: not connecting", file=sys.stderr)
         code = router.exit_code(EXIT_OK)
+        if recorder is not None:
+            recorder.close(RECORD_CLOSE_S)
     else:
         # Closed only after the summary and stats are out: closing waits for the
         # loop's executor threads, which a stuck model job can hold forever
         # (then the exit watchdog ends the process, with the report written).
         runner = asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop))
         try:
-            summary = runner.run(_run(controller, run.duration, router, watchdog))
+            summary = runner.run(_run(controller, run.duration, router, watchdog, recorder))
             code = router.exit_code(EXIT_OK)
         except USER_ERRORS as exc:
             print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
@@ -536,8 +571,23 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
         "robot_stop_calls": controller.robot_stops,
         "signals": [s.name for s in router.received],
     }
+    if recorder is not None:
+        summary["recording"] = recorder.summary()
+        if recorder.error is not None or recorder.busy:
+            problem = recorder.error or (
+                f"the recording to {str(recorder.root)!r} did not finish within"
+                f" {RECORD_CLOSE_S:g} s; the episode may not be saved"
+            )
+            print(f"{prog}: {_one_line(str(problem))}", file=sys.stderr)
+            code = code or EXIT_FAILED
     watchdog.code = code
     print(format_summary(summary))
+    if recorder is not None:
+        rec = summary["recording"]
+        print(
+            f"recording           {rec['episodes_saved']} episode(s) saved to {rec['dir']}"
+            f" ({rec['steps_recorded']} steps, {rec['steps_dropped']} dropped)"
+        )
     if run.stats_json:
         try:
             Path(run.stats_json).write_text(json.dumps(summary, indent=2) + "\n")

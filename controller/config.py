@@ -70,6 +70,16 @@ class RunConfig:
     stats_json: str | None = option(
         None, help="write the run summary as JSON to this file", flag=True, metavar="PATH"
     )
+    record: str | None = option(
+        None,
+        help="record the run as an episode of a LeRobot v3 dataset in this directory"
+        " (created, or appended to; a directory holding anything else is refused)",
+        pattern=r"(?s).*\S.*",
+        accepted="a directory path",
+        flag=True,
+        metavar="DIR",
+        default_text="no recording",
+    )
 
     def __post_init__(self) -> None:
         validate(self, error=ConfigError)

@@ -194,6 +194,22 @@ class ControllerConfig:
         return 1.0 / self.hz
 
 
+@dataclass(frozen=True, slots=True)
+class ActionSent:
+    """The "action" observer event: a command the robot accepted, and what it was decided on.
+
+    `frames` are the newest frame of every camera when the tick decided (the
+    observation a dataset pairs with the action; the VL features the policy
+    used may be older, by their feature age). A recorder keeps references
+    only: nothing here is copied on the control path.
+    """
+
+    tick: int
+    command: JointCommand
+    state: RobotState
+    frames: Mapping[str, Frame]
+
+
 class Controller:
     """Runs one policy on one robot with any number of cameras and sensors."""
 
@@ -235,8 +251,10 @@ class Controller:
         self._stop_requested = asyncio.Event()
         self._stop_reason = ""
         self._run_task: asyncio.Task[Any] | None = None
-        #: Callbacks `(event, time, detail)` for "phase" changes, "tick" starts and
-        #: "hold" ticks (the harness's invariant checker and the fault matrix listen).
+        #: Callbacks `(event, time, detail)` for "phase" changes, "tick" starts, "hold"
+        #: ticks and "action" (an `ActionSent`) after each command the robot accepted
+        #: (the invariant checker, the fault matrix and the recorder listen). They run
+        #: on the control task: they must return at once.
         self.observers: list[Callable[[str, float, Any], None]] = []
         self._cancelled_for_stop = False
         self._resumes: set[asyncio.Future[bool]] = set()
@@ -731,6 +749,15 @@ class Controller:
         feats = self.features.latest()
         state = self.state.latest()
         sensors = {name: slot.latest() for name, slot in self.sensor_slots.items()}
+        observed = (
+            {
+                name: s.value
+                for name, slot in self.frames.items()
+                if (s := slot.latest()) is not None
+            }
+            if self.observers
+            else None
+        )
         reason = self._safety.check_inputs(now, feats, state, sensors)
         if reason is not None:
             await self._hold(reason)
@@ -777,6 +804,8 @@ class Controller:
         if self._holding is not None:
             log.info("resuming after hold (%s)", self._holding.value)
             self._holding = None
+        if observed is not None:
+            self._notify("action", ActionSent(tick.index, cmd, state.value, observed))
         reuse = self.telemetry.feature_used(feats.version)
         self.telemetry.action(
             ActionRecord(

@@ -11,6 +11,7 @@ converter), on the reader's thread.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,11 +57,17 @@ def last_arrival(box: LatestValue[Arrived]) -> float | None:
 
 
 def to_frame(camera: str, item: Arrived, seq: int) -> Frame:
-    """Wrap a decoded frame; the RGB conversion runs only if someone reads `.image`."""
+    """Wrap a decoded frame; the RGB conversion runs only if someone reads `.image`.
+
+    Two threads may read one frame (the VL lane and a recorder's writer):
+    PyAV's conversion reuses the frame's own scaler, so it runs under a lock.
+    """
     vf = item.frame
+    lock = threading.Lock()
 
     def convert() -> Any:
-        return vf.to_ndarray(format="rgb24")
+        with lock:
+            return vf.to_ndarray(format="rgb24")
 
     return Frame(
         camera,
