@@ -40,18 +40,17 @@ def dataset_seeds(root: str | Path) -> set[int] | None:
     if not files:
         raise SeedError(f"dataset {str(path)!r} has no episodes (no meta/episodes/*/*.parquet)")
     seeds: set[int] = set()
+    recorded = False
     for file in files:
         try:
-            schema = pq.read_schema(file)
-            if SEED_COLUMN not in schema.names:
-                return None
+            if SEED_COLUMN not in pq.read_schema(file).names:
+                continue  # episodes appended by a run that had no world seed
             column = pq.read_table(file, columns=[SEED_COLUMN]).column(SEED_COLUMN)
         except (OSError, pa.ArrowException) as exc:
             raise SeedError(f"dataset {str(path)!r}: cannot read {file.name}: {exc}") from None
-        for value in column.to_pylist():
-            if value is not None:
-                seeds.add(int(value))
-    return seeds
+        recorded = True
+        seeds.update(int(v) for v in column.to_pylist() if v is not None)
+    return seeds if recorded else None
 
 
 def check_disjoint(seeds: Sequence[int], used: Iterable[int], dataset: str | Path) -> None:

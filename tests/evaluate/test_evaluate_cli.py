@@ -180,6 +180,15 @@ def test_a_dataset_without_seeds_is_a_warning(capsys, tmp_path):
     assert "does not record its episodes' seeds" in err
 
 
+def test_an_unreadable_dataset_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, *EXPERT, "--dataset", str(tmp_path))
+    assert code == 2 and "is not a LeRobot v3 dataset (no meta/info.json)" in error_line(err)
+    data = _dataset(tmp_path / "data", seeds=[1])
+    (data / "meta" / "episodes" / "chunk-000" / "file-000.parquet").write_bytes(b"PAR1 torn")
+    code, _, err = run(capsys, *EXPERT, "--dataset", str(data))
+    assert code == 2 and "cannot read file-000.parquet" in error_line(err)
+
+
 def _dataset(root: Path, seeds: list[int] | None) -> Path:
     (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     (root / "meta" / "info.json").write_text(json.dumps({"codebase_version": "v3.0"}))
