@@ -14,7 +14,7 @@ sampled at, on the controller clock.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from drivers.arms import arm_info
 from drivers.base import ConfiguredDriver, JointCommand, RobotState
@@ -39,6 +39,35 @@ class SimRobot(Lifecycle, ConfiguredDriver):
     def world(self) -> SimWorld:
         """The world this arm lives in (its episode, its outcome)."""
         return self._handle.world
+
+    def proposed_instruction(self) -> str:
+        """The episode's instruction ("touch the red cube"): what the CLI uses when given none."""
+        return self._handle.episode().instruction
+
+    def judged_outcome(self) -> dict[str, Any] | None:
+        """How the episode went (None before the world was built); readable after close too."""
+        if not self._handle.built:
+            return None
+        world = self.world
+        ep, out = world.episode(), world.outcome()
+        if out.success:
+            detail = f"touched the {ep.target} cube at {out.time_to_success:.2f} s"
+        else:
+            detail = (
+                f"did not touch the {ep.target} cube within {ep.limit:g} s (closest"
+                f" {out.min_distance:.3f} m from its top face)"
+            )
+        return {
+            "success": out.success,
+            "detail": detail,
+            "task": ep.task,
+            "seed": ep.seed,
+            "target": ep.target,
+            "instruction": ep.instruction,
+            "time_to_success": out.time_to_success,
+            "min_distance": out.min_distance if out.min_distance != float("inf") else None,
+            "elapsed": out.elapsed,
+        }
 
     async def __aenter__(self) -> Self:
         try:
