@@ -93,7 +93,7 @@ class CollectConfig:
         "reach", help="the world's task (reach-moving: the cubes ride a conveyor)", flag=True
     )
     episodes: int = option(
-        10, help="episodes to collect", low=1, high=1_000_000, flag=True, metavar="N"
+        10, help="episodes to collect", low=1, high=100_000, flag=True, metavar="N"
     )
     seed: int | None = option(
         None,
@@ -525,6 +525,7 @@ def open_dataset(config: CollectConfig) -> tuple[Any, int]:
         cameras=list(config.cameras),
         capacity=config.capacity,
         sensors={"sim": SENSOR_NAMES},
+        label="--out",
     )
     try:
         spec = recorder.writer.spec

@@ -218,6 +218,7 @@ class LeRobotV3Writer:
         fps: int,
         camera_keys: Sequence[str] = (),
         environment: bool | None = None,
+        label: str = "--record",
     ) -> LeRobotV3Writer:
         """Check `root` (new, empty, or a v3.0 dataset to append to) and make it ready.
 
@@ -226,9 +227,10 @@ class LeRobotV3Writer:
         cameras, or cannot be written. Nothing is written before these checks.
         `environment` (when not None) says whether this run records
         `observation.environment_state`; a dataset that differs is refused.
+        `label` is how messages name the directory (the flag that gave it).
         """
         path = Path(root).expanduser()
-        where = f"--record {str(root)!r}"
+        where = f"{label} {str(root)!r}"
         if path.exists() and not path.is_dir():
             raise DatasetDirError(f"{where} exists and is not a directory")
         info_file = path / INFO_PATH

@@ -132,6 +132,7 @@ class Recorder:
         crf: int = video.DEFAULT_CRF,
         on_error: Callable[[RecordingError], None] | None = None,
         sensors: Mapping[str, Sequence[str] | None] | None = None,
+        label: str = "--record",
     ) -> None:
         """Open (or create) the dataset at `root`; refuses with `DatasetDirError` (one line).
 
@@ -139,16 +140,17 @@ class Recorder:
         LeRobot's format has an integer frame rate. `sensors` maps the name
         of each sensor whose readings are recorded (`observation.environment_state`)
         to names for its values, or None (`sensor_names` makes it from drivers).
+        `label` is how messages name the directory (the flag that gave it).
         """
         if not (float(fps).is_integer() and fps >= 1):
             raise DatasetDirError(
-                f"--record needs a whole-number control rate (LeRobot datasets have an integer"
+                f"{label} needs a whole-number control rate (LeRobot datasets have an integer"
                 f" fps), got hz = {fps:g}"
             )
         keys = {name: camera_key(name) for name in cameras}
         if len(set(keys.values())) != len(keys):
             raise DatasetDirError(
-                f"--record: camera names {list(keys)} map to the same dataset feature"
+                f"{label}: camera names {list(keys)} map to the same dataset feature"
             )
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -158,7 +160,11 @@ class Recorder:
             for name, names in (sensors or {}).items()
         }
         self.writer = LeRobotV3Writer.open(
-            root, fps=self.fps, camera_keys=list(keys.values()), environment=bool(self._sensors)
+            root,
+            fps=self.fps,
+            camera_keys=list(keys.values()),
+            environment=bool(self._sensors),
+            label=label,
         )
         self.root = self.writer.root
         self.capacity = capacity

@@ -13,6 +13,7 @@ sampled at, on the controller clock.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Self
 
@@ -53,10 +54,17 @@ class SimRobot(Lifecycle, ConfiguredDriver):
         if out.success:
             detail = f"touched the {ep.target} cube at {out.time_to_success:.2f} s"
         else:
-            detail = (
-                f"did not touch the {ep.target} cube within {ep.limit:g} s (closest"
-                f" {out.min_distance:.3f} m from its top face)"
+            span = (
+                f"within its {ep.limit:g} s"
+                if out.elapsed >= ep.limit
+                else f"in the {out.elapsed:.1f} s simulated"
             )
+            closest = (
+                f" (closest {out.min_distance:.3f} m from its top face)"
+                if math.isfinite(out.min_distance)
+                else ""
+            )
+            detail = f"did not touch the {ep.target} cube {span}{closest}"
         return {
             "success": out.success,
             "detail": detail,
@@ -65,7 +73,7 @@ class SimRobot(Lifecycle, ConfiguredDriver):
             "target": ep.target,
             "instruction": ep.instruction,
             "time_to_success": out.time_to_success,
-            "min_distance": out.min_distance if out.min_distance != float("inf") else None,
+            "min_distance": out.min_distance if math.isfinite(out.min_distance) else None,
             "elapsed": out.elapsed,
         }
 
