@@ -88,6 +88,7 @@ class CollectConfig:
         accepted="a directory path",
         flag=True,
         metavar="DIR",
+        default_text="required",
     )
     task: Literal["reach", "reach-moving"] = option(
         "reach", help="the world's task (reach-moving: the cubes ride a conveyor)", flag=True
@@ -106,7 +107,13 @@ class CollectConfig:
     )
     cameras: tuple[str, ...] = option(DEFAULT_VIEWS, help="views recorded (--camera, repeated)")
     size: int = option(
-        224, help="camera image width and height", unit="px", low=8, high=MAX_IMAGE, flag=True
+        224,
+        help="camera image width and height",
+        unit="px",
+        low=8,
+        high=MAX_IMAGE,
+        flag=True,
+        metavar="PX",
     )
     fps: int = option(
         10,
@@ -308,10 +315,6 @@ class Collector:
         self._harness: Any = None
         self._signals: list[signal.Signals] = []
 
-    @property
-    def signals(self) -> tuple[signal.Signals, ...]:
-        return tuple(self._signals)
-
     def request_stop(self, reason: str) -> None:
         """Stop after (the robot stopped, the episode in progress discarded); safe from the loop."""
         if self._stop_reason is None:
@@ -433,6 +436,8 @@ class Collector:
             raise
         finally:
             self._harness = None
+            for d in drivers:  # the controller closed those it entered; safe twice
+                await d.close()
         wall = time.monotonic() - t0
         if self._stop_reason is not None:
             rec.discard_episode()
@@ -460,7 +465,7 @@ class Collector:
                 "seed": seed,
                 "world_task": plan.task,
                 "conveyor_speed": float(plan.conveyor_speed),
-                "time_to_success": out.time_to_success,
+                "time_to_success": _rounded(out.time_to_success),
             },
         )
         await rec.drain()
@@ -471,8 +476,8 @@ class Collector:
             seed=seed,
             instruction=plan.instruction,
             success=out.success,
-            time_to_success=out.time_to_success,
-            min_distance=out.min_distance if math.isfinite(out.min_distance) else None,
+            time_to_success=_rounded(out.time_to_success),
+            min_distance=_rounded(out.min_distance) if math.isfinite(out.min_distance) else None,
             frames=frames,
             dropped=dropped,
             duration_s=round(float(summary.get("duration_s") or 0.0), 3),
@@ -487,6 +492,11 @@ class Collector:
         from controller.harness import SimulatedExecutor
 
         return SimulatedExecutor()
+
+
+def _rounded(seconds: float | None) -> float | None:
+    """World times are whole physics steps: 6 decimals drop the float noise (2.3000000000000003)."""
+    return None if seconds is None else round(seconds, 6)
 
 
 def _expert(seed: int) -> Any:
@@ -648,11 +658,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     bar = _progress(config)
 
-    def advance(ep: EpisodeResult) -> None:
+    def advance(_episode: EpisodeResult) -> None:
+        result = collector.result
+        bar.set_postfix_str(f"success {result.successes}/{len(result.episodes)}", refresh=False)
         bar.update(1)
-        bar.set_postfix_str(
-            f"success {collector.result.successes}/{len(collector.result.episodes)}"
-        )
 
     collector = Collector(config, recorder, first_seed=first_seed, on_episode=advance)
     code = EXIT_OK

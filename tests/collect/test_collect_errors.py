@@ -140,6 +140,34 @@ def test_a_signal_mid_episode_keeps_the_saved_episodes(capsys, tmp_path, monkeyp
     assert [e["seed"] for e in v3_reader.load(root).episodes] == [0, 1]
 
 
+class _Broken(SimExpertPolicy):
+    def act(self, features, state, sensors):
+        raise RuntimeError("the expert's model file is corrupt")
+
+
+def test_a_failing_run_is_one_line_and_exit_1_keeping_the_saved_episodes(
+    capsys, tmp_path, monkeypatch
+):
+    def expert(seed):
+        options = SimExpertOptions(seed=seed)
+        return _Broken(options) if seed == 1 else SimExpertPolicy(options)
+
+    monkeypatch.setattr(collect_mod, "_expert", expert)
+    root = tmp_path / "ds"
+    code, out, err = collect(
+        capsys, "--episodes", "3", "--camera", "top", "--out", str(root), *TINY
+    )
+    assert code == 1
+    lines = [line for line in err.splitlines() if "error" in line or "failed" in line]
+    assert lines == [
+        "python -m controller.collect: episode 1 (seed 1): the run failed: RuntimeError: the"
+        " expert's model file is corrupt"
+    ], err
+    assert "Traceback" not in err
+    assert "stopped by an error after 1 of 3" in out
+    assert [e["seed"] for e in v3_reader.load(root).episodes] == [0]
+
+
 @pytest.mark.peer  # a process of its own, on real signals
 def test_ctrl_c_in_a_collection_process_leaves_a_readable_dataset(tmp_path):
     root = tmp_path / "ds"

@@ -9,7 +9,8 @@ python -m controller.collect --task reach --episodes 3 --out /tmp/ds --json /tmp
 /tmp/lerobot-venv/bin/python tests/recording/check_lerobot.py /tmp/ds /tmp/ds.json
 ```
 
-The collection's `--json` summary is the expectation (what the collector
+(After appending, name every collection's JSON: `DIR A.json B.json`.)
+The collections' `--json` summaries are the expectation (what the collector
 says it saved); LeRobot is asked what it reads: episodes, frames per
 episode, cameras, the task of every frame, the seeds and success flags of
 the episodes table, and frames decoded by LeRobot's video backend compared
@@ -32,16 +33,17 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: check_lerobot.py DATASET_DIR COLLECT_JSON", file=sys.stderr)
+    if len(argv) < 2:
+        print("usage: check_lerobot.py DATASET_DIR COLLECT_JSON...", file=sys.stderr)
         return 2
-    root, expected_path = Path(argv[0]), Path(argv[1])
+    root = Path(argv[0])
     if not (root / "meta" / "info.json").is_file():
         print(f"{root} holds no dataset (no meta/info.json)", file=sys.stderr)
         return 2
     # A dataset LeRobot cannot read locally makes it ask the hub: never, here.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    expected = json.loads(expected_path.read_text())
+    episodes = [e for path in argv[1:] for e in json.loads(Path(path).read_text())["episodes"]]
+    episodes.sort(key=lambda e: e["episode_index"])
     problems: list[str] = []
 
     def check(ok: bool, what: str) -> None:
@@ -55,7 +57,6 @@ def main(argv: list[str]) -> int:
 
     print(f"lerobot {lerobot.__version__}, imported in {time.monotonic() - t0:.1f} s")
     meta = LeRobotDatasetMetadata("local/collected", root=root)
-    episodes = [e for e in expected["episodes"]]
     first = episodes[0]["episode_index"] if episodes else 0
     print(f"metadata: {meta.total_episodes} episodes, {meta.total_frames} frames, fps {meta.fps}")
     check(meta.info["codebase_version"] == "v3.0", "codebase_version v3.0")
