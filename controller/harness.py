@@ -54,6 +54,13 @@ class SimulatedExecutor:
             raise RuntimeError("SimulatedExecutor.charge() called outside a job")
         cost.append(seconds)
 
+    def charged(self) -> float:
+        """Called from inside a job: the seconds it has charged so far (VL latency padding)."""
+        cost = _job_cost.get()
+        if cost is None:
+            raise RuntimeError("SimulatedExecutor.charged() called outside a job")
+        return sum(cost)
+
     async def start(self) -> str:
         return self.device
 

@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from controller.safety import HoldReason, SafetyConfig, SafetyFilter
 from controller.scheduler import PeriodicScheduler, Tick
 from controller.slot import LatestValue, Stamped, pump
 from controller.telemetry import ActionRecord, Telemetry
+from controller.vl_latency import PaddedPolicy, padding_for
 from drivers.base import (
     CameraDriver,
     Frame,
@@ -49,6 +50,9 @@ log = logging.getLogger("controller")
 
 #: Longest run accepted (about 115 days): beyond it a typo, not an intent.
 MAX_DURATION = 1e7
+
+#: How VL encoding and control interleave (`ControllerConfig.vl_mode`).
+VLMode = Literal["async", "sync"]
 
 
 class Phase(enum.Enum):
@@ -176,6 +180,25 @@ class ControllerConfig:
         metavar="HZ",
         default_text="the control rate",
     )
+    #: "async" (the design): encodes run beside the control ticks and their newest
+    #: features are reused until fresher ones land. "sync" (the design note's
+    #: baseline): each tick encodes the newest frames and then acts on that feature,
+    #: so the control rate falls to about 1/(encode time).
+    vl_mode: VLMode = option(
+        "async",
+        help="async: encode beside the ticks and reuse the newest features; sync: every tick"
+        " encodes, then acts (the baseline; the rate falls to 1/encode time)",
+        flag=True,
+    )
+    vl_latency: float = option(
+        0.0,
+        help="pad every VL encode to take at least this long from its start, to emulate a"
+        " slower model (a 3B VL on a robot PC); 0: no padding",
+        unit="s",
+        low=0.0,
+        high=10.0,
+        flag=True,
+    )
 
     def __post_init__(self) -> None:
         validate(self, error=ConfigError)
@@ -232,7 +255,13 @@ class Controller:
         self.robot = robot
         self.cameras = list(cameras)
         self.sensors = list(sensors)
-        self.policy = policy
+        #: With `vl_latency`, every encode is padded to take that long (virtual time on the
+        #: test harness's executor, a sleep on the VL lane's thread on the real one).
+        self.policy: Policy = (
+            PaddedPolicy(policy, config.vl_latency, padding_for(executor))
+            if config.vl_latency > 0
+            else policy
+        )
         self.executor = executor
         self.telemetry = Telemetry(config.period)
         self.frames: dict[str, LatestValue[Frame]] = {n: LatestValue(f"frame:{n}") for n in names}
@@ -262,6 +291,16 @@ class Controller:
         self._holding: HoldReason | None = None
         self._seq = 0
         self.robot_stops = 0
+        self._vl_failures = _FailureStreak(
+            "VL encoding", config.max_consecutive_failures, self.telemetry
+        )
+        #: Sync mode: the tick's encode, kept across ticks while it outlives its wait.
+        self._tick_encode: asyncio.Future[Stamped[Any] | None] | None = None
+
+    @property
+    def sync(self) -> bool:
+        """Whether each tick encodes its own features (`vl_mode = "sync"`)."""
+        return self.config.vl_mode == "sync"
 
     # -- lifecycle ---------------------------------------------------------
     def _set_phase(self, phase: Phase) -> None:
@@ -471,7 +510,8 @@ class Controller:
                     for s in self.sensors
                 ]
                 tasks.append(tg.create_task(self._state_task(), name="state"))
-                tasks.append(tg.create_task(self._vl_task(), name="vl"))
+                if not self.sync:  # in sync mode each tick encodes (and the warm-up once)
+                    tasks.append(tg.create_task(self._vl_task(), name="vl"))
                 stop = tg.create_task(self._stop_requested.wait(), name="stop-request")
                 tasks.append(stop)
                 self._set_phase(Phase.WARMING_UP)
@@ -548,10 +588,10 @@ class Controller:
                 # The first encode is often slow (lazy CUDA/oneDNN init); wait
                 # for features fresh enough to act on, so ACTIVE starts acting.
                 waiting = "a first VL encode"
-                feats = await self.features.wait_newer(0)
+                feats = await self._first_features()
                 while not feats.age(self._now()) <= self.config.safety.max_feature_age:
                     waiting = "VL features younger than max_feature_age, with valid capture times"
-                    feats = await self.features.wait_newer(feats.version)
+                    feats = await self._first_features(feats.version)
                 waiting = "a first action"
                 state = self.state.latest()
                 assert state is not None
@@ -576,6 +616,21 @@ class Controller:
                 f"warm-up timed out after {self.config.warmup_timeout} s waiting for {waiting}"
             ) from None
         log.info("warm-up done: state, frames, features and one action are ready")
+
+    async def _first_features(self, seen: int = 0) -> Stamped[Any]:
+        """Warm-up: features newer than version `seen`.
+
+        Async mode waits for the VL task's next encode; sync mode has no VL
+        task, so it encodes the newest frames itself, retrying a failed
+        encode with the VL task's backoff and failure limit.
+        """
+        if not self.sync:
+            return await self.features.wait_newer(seen)
+        while True:
+            feats = await self._encode(self._newest_frames(), self._vl_failures)
+            if feats is not None:
+                return feats
+            await asyncio.sleep(min(0.1 * 2**self._vl_failures.count, 2.0))
 
     def _state_unusable(self, stamped: Stamped[RobotState]) -> str | None:
         """Why this state cannot be acted on (stale, bad clock, implausible), or None.
@@ -661,12 +716,45 @@ class Controller:
                 for w in waiters:
                     w.cancel()
 
+    def _newest_frames(self) -> dict[str, Stamped[Frame]]:
+        """The newest frame of every camera (the warm-up saw one from each before any encode)."""
+        latest = {name: slot.latest() for name, slot in self.frames.items()}
+        missing = [name for name, s in latest.items() if s is None]
+        if missing:
+            raise RuntimeError(f"no frame yet from camera(s) {', '.join(missing)}")
+        return latest  # type: ignore[return-value]
+
+    async def _encode(
+        self, stamped: Mapping[str, Stamped[Frame]], failures: _FailureStreak
+    ) -> Stamped[Any] | None:
+        """Encode these frames on the VL lane and publish the features; None if the encode failed.
+
+        A failure is counted in `failures`, which raises once too many came
+        in a row (the run then fails, as for any policy error).
+        """
+        frames = [s.value for s in stamped.values()]
+        # The oldest input decides the age; a frame whose capture time is
+        # not a number makes the features' age unknown, i.e. stale.
+        times = [f.capture_time for f in frames]
+        source_time = min(times) if all(math.isfinite(t) for t in times) else math.nan
+        start = self._now()
+        try:
+            feats = await self.executor.run(
+                Lane.VL, self.policy.encode_vl, frames, self.config.instruction
+            )
+        except Exception as exc:
+            failures.failed(exc, "vl_encode")
+            return None
+        failures.succeeded()
+        end = self._now()
+        self.telemetry.vl_encoded(end - start, start - source_time)
+        self.features.publish(feats, source_time, now=end)
+        return self.features.latest()
+
     async def _vl_task(self) -> None:
-        """Encode the NEWEST frames, publish, repeat: never a queue of old frames."""
+        """Encode the NEWEST frames, publish, repeat: never a queue of old frames (async mode)."""
         seen: dict[str, int] = {}
-        failures = _FailureStreak(
-            "VL encoding", self.config.max_consecutive_failures, self.telemetry
-        )
+        failures = self._vl_failures
         next_start = -math.inf
         while True:
             pause = next_start - self._now()
@@ -674,25 +762,32 @@ class Controller:
                 await asyncio.sleep(pause)
             stamped = await self._wait_for_new_frames(seen)
             seen = {name: s.version for name, s in stamped.items()}
-            frames = [s.value for s in stamped.values()]
-            # The oldest input decides the age; a frame whose capture time is
-            # not a number makes the features' age unknown, i.e. stale.
-            times = [f.capture_time for f in frames]
-            source_time = min(times) if all(math.isfinite(t) for t in times) else math.nan
-            start = self._now()
-            next_start = start + self.config.vl_min_interval
-            try:
-                feats = await self.executor.run(
-                    Lane.VL, self.policy.encode_vl, frames, self.config.instruction
-                )
-            except Exception as exc:
-                failures.failed(exc, "vl_encode")
+            next_start = self._now() + self.config.vl_min_interval
+            if await self._encode(stamped, failures) is None:
                 await asyncio.sleep(min(0.1 * 2**failures.count, 2.0))
-                continue
-            failures.succeeded()
-            end = self._now()
-            self.telemetry.vl_encoded(end - start, start - source_time)
-            self.features.publish(feats, source_time, now=end)
+
+    async def _tick_features(self) -> HoldReason | None:
+        """Sync mode: encode the newest frames now; None once fresh features are published.
+
+        The wait is bounded by `max_feature_age` (features from an encode that
+        took longer would be too old to act on anyway), so a hung encoder
+        makes the ticks hold rather than stop. An encode that outlives its
+        wait is not repeated: the next tick waits on the same one (the VL
+        lane runs one job at a time), then starts afresh.
+        """
+        if self._tick_encode is None:
+            self._tick_encode = asyncio.ensure_future(
+                self._encode(self._newest_frames(), self._vl_failures)
+            )
+        encode = self._tick_encode
+        done, _ = await asyncio.wait({encode}, timeout=self.config.safety.max_feature_age)
+        if not done:
+            self.telemetry.error("vl_encode_overdue")
+            return HoldReason.FEATURES_STALE
+        self._tick_encode = None
+        if encode.result() is None:  # raises once failures are too many in a row
+            return HoldReason.VL_ERROR
+        return None
 
     # -- control -----------------------------------------------------------
     def _hold_detail(self, reason: HoldReason) -> str:
@@ -734,11 +829,21 @@ class Controller:
         failures = _FailureStreak(
             "action prediction", self.config.max_consecutive_failures, self.telemetry
         )
-        async for tick in self.scheduler.ticks(start=start, until=until):
-            self.telemetry.tick(tick.lateness)
-            if self.observers:
-                self._notify("tick", tick)
-            await self._control_step(tick, action_timeout, failures)
+        try:
+            async for tick in self.scheduler.ticks(start=start, until=until):
+                self.telemetry.tick(tick.lateness)
+                if self.observers:
+                    self._notify("tick", tick)
+                if self.sync:
+                    why = await self._tick_features()
+                    if why is not None:
+                        await self._hold(why)
+                        continue
+                await self._control_step(tick, action_timeout, failures)
+        finally:
+            if self._tick_encode is not None:
+                self._tick_encode.cancel()
+                self._tick_encode = None
         self.request_stop("duration elapsed")
 
     async def _control_step(

@@ -51,6 +51,8 @@ class HoldReason(enum.StrEnum):
     SENSOR_CLOCK_INVALID = "sensor_clock_invalid"
     SENSOR_STALE = "sensor_stale"
     SENSOR_INVALID = "sensor_invalid"
+    #: `vl_mode = "sync"` only: the tick's own VL encode failed (no older features are reused).
+    VL_ERROR = "vl_error"
     ACTION_TIMEOUT = "action_timeout"
     ACTION_ERROR = "action_error"
     ACTION_MALFORMED = "action_malformed"

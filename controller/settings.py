@@ -72,6 +72,19 @@ def _converter(entry: Entry) -> Callable[[str], Any]:
     return convert
 
 
+def converter_for(cls: type, name: str) -> Callable[[str], Any]:
+    """An argparse `type=` for option `name` of config class `cls`: its type and range, once.
+
+    For tools whose flags stand for a few options of a config dataclass
+    (`controller.evaluate`: `--vl-latency`, `--hz`, `--episode-limit`),
+    flagged there or not, so the range is declared in one place.
+    """
+    for entry in entries(cls):
+        if entry.renamed is None and entry.name == name and entry.spec is not None:
+            return _converter(entry)
+    raise KeyError(f"{cls.__name__} has no option {name!r}")
+
+
 def _help(entry: Entry) -> str:
     if entry.renamed is not None:
         field = entry.field.name
