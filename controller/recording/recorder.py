@@ -17,8 +17,9 @@ called from the writer thread; the episode in progress is abandoned,
 episodes already saved stay as they were, and later steps are dropped.
 
 Episodes: `start_episode(task)`, then `record(...)` once per command sent
-(`feed` adds the `Controller.observers` callback that does it: each "action"
-event with the frames, state and sensor readings of its tick), then
+(`observe`, a `Controller.observers` callback added by `feed`, does it: each
+"action" event with the frames, state and sensor readings it was decided
+on), then
 `end_episode(success, columns)` or `discard_episode()`. A CLI run is one
 episode (`attach`); `controller.collect` runs N and scores each.
 
@@ -249,13 +250,11 @@ class Recorder:
         return True
 
     def observe(self, event: str, _time: float, detail: Any) -> None:
-        """A `Controller.observers` callback: each "action" event becomes one step.
-
-        It has no sensor readings: a recorder with `sensors` drops these
-        steps; use `feed(controller, recorder)`, which has them.
-        """
+        """A `Controller.observers` callback: each "action" event becomes one step,
+        with the frames, state and sensor readings the command was decided on."""
         if event == "action":
-            self.record(detail.state, detail.command.positions, detail.frames)
+            sensors = getattr(detail, "sensors", None)
+            self.record(detail.state, detail.command.positions, detail.frames, sensors)
 
     def end_episode(
         self, success: bool | None = None, columns: Mapping[str, Any] | None = None
@@ -518,35 +517,6 @@ def sensor_names(sensors: Sequence[SensorDriver]) -> dict[str, Sequence[str] | N
     return {s.name: getattr(s, "value_names", None) for s in sensors}
 
 
-def _stepper(controller: Any, recorder: Recorder) -> Callable[[str, float, Any], None]:
-    """Turns "tick" and "action" events into `recorder.record` calls.
-
-    The "action" event carries the frames and state its tick decided on;
-    the sensor readings are taken here at the tick's start, which is where
-    the control step reads its inputs (the tick event is sent just before,
-    with no await between), so a step's environment state is the reading
-    of the same tick.
-    """
-    tick_sensors: dict[str, Any] = {"tick": None, "readings": {}}
-    slots = controller.sensor_slots
-
-    def on_event(event: str, _time: float, detail: Any) -> None:
-        if event == "tick":
-            if recorder.episode_open and recorder.sensors:
-                tick_sensors["tick"] = detail.index
-                tick_sensors["readings"] = {
-                    name: st.value
-                    for name, slot in slots.items()
-                    if (st := slot.latest()) is not None
-                }
-        elif event == "action":
-            same = tick_sensors["tick"] == detail.tick
-            readings = tick_sensors["readings"] if same else None
-            recorder.record(detail.state, detail.command.positions, detail.frames, readings)
-
-    return on_event
-
-
 def feed(controller: Any, recorder: Recorder) -> Callable[[str, float, Any], None]:
     """Record every command `controller` sends into the open episode (if any), with the
     frames, state and sensor readings it was decided on. Returns the observer it added.
@@ -554,9 +524,8 @@ def feed(controller: Any, recorder: Recorder) -> Callable[[str, float, Any], Non
     The episodes themselves are started and ended by the caller
     (`controller.collect` runs one controller per episode).
     """
-    on_event = _stepper(controller, recorder)
-    controller.observers.append(on_event)
-    return on_event
+    controller.observers.append(recorder.observe)
+    return recorder.observe
 
 
 def attach(
@@ -574,11 +543,10 @@ def attach(
     robot's `judged_outcome`: its `success`, and its `seed` as the
     episode's `seed` column), else not scored. Returns the observer it added.
     """
-    step = _stepper(controller, recorder)
 
     def on_event(event: str, time: float, detail: Any) -> None:
-        if event in ("tick", "action"):
-            step(event, time, detail)
+        if event == "action":
+            recorder.observe(event, time, detail)
         elif event == "phase":
             phase = getattr(detail, "value", detail)
             if phase == "active" and not recorder.episode_open:

@@ -35,8 +35,8 @@ class Gripper(FakeForceSensor):
 class SpyPolicy(FakePolicy):
     """Keeps the sensor readings of every `act` call, in order."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
         self.seen: list[dict[str, np.ndarray]] = []
 
     def act(self, features, state, sensors):
@@ -45,14 +45,22 @@ class SpyPolicy(FakePolicy):
 
 
 @pytest.mark.virtual_clock
-async def test_each_row_holds_the_readings_the_action_was_decided_on(controller_harness, tmp_path):
+@pytest.mark.parametrize("vl_mode", ["async", "sync"])
+async def test_each_row_holds_the_readings_the_action_was_decided_on(
+    controller_harness, tmp_path, vl_mode
+):
+    """In sync mode each tick first waits for its encode (60 ms here): the readings are
+    those the policy acted on after it, not those of the tick's start."""
     sensors = [
         FakeForceSensor(FakeForceSensorConfig(name="ft", rate_hz=37.0)),
         Gripper(FakeForceSensorConfig(name="grip")),
     ]
-    policy = SpyPolicy()
+    policy = SpyPolicy(vl_latency=0.06)
     h = controller_harness(
-        cameras=[FakeCamera(FakeCameraConfig(name="cam"))], sensors=sensors, policy=policy
+        cameras=[FakeCamera(FakeCameraConfig(name="cam"))],
+        sensors=sensors,
+        policy=policy,
+        vl_mode=vl_mode,
     )
     rec = Recorder(tmp_path / "ds", fps=10, cameras=["cam"], sensors=sensor_names(sensors))
     assert rec.sensors == ("ft", "grip")
@@ -92,18 +100,20 @@ def test_value_names_that_do_not_fit_the_reading_fall_back_to_indices(tmp_path):
     assert names == [f"ft.{i}" for i in range(6)]
 
 
-def _episode(rec: Recorder, values: int, steps: int = 3, columns=None) -> None:
+def _episode(rec: Recorder, values: int, steps: int = 3, columns=None, kept=True) -> None:
+    """An episode of `steps` steps, each with a reading of `values` values (all accepted, with
+    `kept`; without, the writer may have failed already and refuse the later ones)."""
     rec.start_episode("a", synthetic.ROBOT)
     for k in range(steps):
         frame = Frame(synthetic.CAMERA, synthetic.image(0, k), capture_time=k, seq=k)
         reading = SensorReading("ft", np.arange(values, dtype=float) + k, float(k))
-        kept = rec.record(
+        accepted = rec.record(
             synthetic.state(0, k),
             synthetic.action(0, k),
             {synthetic.CAMERA: frame},
             {"ft": reading},
         )
-        assert kept
+        assert accepted or not kept
     rec.end_episode(True, columns)
 
 
@@ -137,7 +147,7 @@ def test_appending_needs_the_same_environment_state(tmp_path):
         Recorder(plain, fps=10, cameras=[synthetic.CAMERA], sensors={"ft": None})
     # Another number of values: the writer refuses the episode, in one line, and keeps the rest.
     rec = Recorder(root, fps=10, cameras=[synthetic.CAMERA], sensors={"ft": None})
-    _episode(rec, values=5)
+    _episode(rec, values=5, kept=False)
     assert rec.close(30)
     assert rec.error is not None and "records 4 values of observation.environment_state" in str(
         rec.error
