@@ -14,14 +14,22 @@ filter, warm-up and invariants: `controller.harness.ControllerHarness`
 checks them on every run). One `Recorder` writes every command sent, with
 the frames, state and sensor readings of its tick, into one LeRobot v3
 dataset; an episode's world seed goes into the episodes table (`seed`
-column, read back by `dataset_seeds`) so that an evaluation can show its
-seeds never overlap the training seeds.
+column, read back by `controller.evaluate.seeds.dataset_seeds`) so that an
+evaluation can show its seeds never overlap the training seeds.
 
 Why virtual time by default: the world follows the controller clock, so on
 the virtual clock an episode takes the wall time its rendering and encoding
 cost, not its length, and two collections with one seed record the same
-states. `--real-time` runs on the wall clock (and the compute executor),
-as `python -m controller` does.
+states and images. `--real-time` runs on the wall clock (and the compute
+executor), as `python -m controller` does.
+
+Why the expert's VL encode is charged half a control period of virtual
+time (`vl_latency`): without it everything in the warm-up costs no virtual
+time, the control ticks land on the very instants the cameras capture, and
+which of two frames a tick sees (the one being rendered at that instant, or
+the one before) would depend on the render thread's real speed. Half a
+period puts every tick between two captures: each step pairs with the frame
+taken half a period before it, in every run.
 
 Why an episode ends `settle` seconds after success: the data then shows the
 tool arriving and staying, not a trajectory cut at the first touch. An
@@ -258,30 +266,6 @@ class CollectResult:
         )
 
 
-def dataset_seeds(root: str | Path) -> list[int]:
-    """The world seeds of a dataset's episodes, in episode order (episodes without one skipped).
-
-    The `seed` column of `meta/episodes`, written by this tool (and by
-    `--record` runs of a sim robot): what an evaluation compares its own
-    seeds against.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    files = sorted(Path(root, "meta", "episodes").glob("chunk-*/file-*.parquet"))
-    tables = [pq.read_table(f) for f in files]
-    if not tables:
-        return []
-    table = pa.concat_tables(tables, promote_options="permissive")
-    if "seed" not in table.column_names:
-        return []
-    rows = sorted(
-        zip(table["episode_index"].to_pylist(), table["seed"].to_pylist(), strict=True),
-        key=lambda r: r[0],
-    )
-    return [int(seed) for _, seed in rows if seed is not None]
-
-
 # --------------------------------------------------------------------------
 # The collection
 
@@ -401,6 +385,7 @@ class Collector:
                 executor=self._executor(),
                 hz=float(cfg.fps),
                 instruction=plan.instruction,
+                vl_latency=0.0 if cfg.real_time else 0.5 / cfg.fps,
             )
         except BaseException:
             for d in drivers:
@@ -525,6 +510,7 @@ def open_dataset(config: CollectConfig) -> tuple[Any, int]:
     dataset or holds one recorded differently (cameras, image size, rate,
     robot, sensor values): appending must never resize or mix.
     """
+    from controller.evaluate.seeds import SeedError, dataset_seeds
     from controller.recording import DatasetDirError, Recorder
     from controller.recording import video as video_mod
     from drivers.sim.task import SENSOR_NAMES
@@ -559,13 +545,16 @@ def open_dataset(config: CollectConfig) -> tuple[Any, int]:
                     f"{where} records {len(spec.environment_names)} environment values; the sim"
                     f" sensor gives {len(SENSOR_NAMES)}: use another directory"
                 )
-        seeds = dataset_seeds(recorder.root) if spec is not None else []
+        try:
+            seeds = (dataset_seeds(recorder.root) or set()) if spec is not None else set()
+        except SeedError as exc:
+            raise DatasetDirError(f"{where}: {exc}") from None
     except BaseException:
         recorder.close(CLOSE_S)
         raise
     if config.seed is not None:
         first = config.seed
-        overlap = sorted(set(seeds) & set(range(first, first + config.episodes)))
+        overlap = sorted(seeds & set(range(first, first + config.episodes)))
         if overlap:
             log.warning(
                 "the dataset already has episodes of seed(s) %s: they are collected again",
