@@ -45,8 +45,9 @@ def test_each_episode_is_saved_with_its_seed_task_and_outcome(capsys, tmp_path):
     assert "3/3" in err and "success 3/3" in err  # the progress bar, on stderr
     for i, ep in enumerate(ds.episodes):
         # Stopped a settle time (0.5 s) after the touch: the data shows arriving and staying.
+        # (Rows start at the first tick, a warm-up of 0.05-0.15 s after world time 0.)
         after = ep["length"] / 10 - ep["time_to_success"]
-        assert 0.4 <= after <= 0.8, (i, after)
+        assert 0.3 <= after <= 0.7, (i, after)
         assert len(ds.frames("observation.images.front", i)) == ep["length"]
 
 
