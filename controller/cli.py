@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from controller.executor import ComputeExecutor
 from controller.runtime import Controller
 from controller.settings import add_flags, apply_flags, describe_settings
 from controller.telemetry import format_summary
+from drivers.base import JudgesOutcome, ProposesInstruction
 
 if TYPE_CHECKING:
     from controller.recording import Recorder
@@ -233,16 +235,59 @@ def build(run: RunConfig) -> Controller:
     )
 
 
+def propose_instruction(controller: Controller) -> str | None:
+    """No instruction was given: take the one the robot proposes (a simulated world's task).
+
+    Called before the run, when neither a flag nor the config file set
+    `instruction`. A robot without the ability (`drivers.base.ProposesInstruction`)
+    keeps the default. Returns the instruction adopted, or None.
+    """
+    robot = controller.robot
+    if not isinstance(robot, ProposesInstruction):
+        return None
+    text = robot.proposed_instruction()
+    if not text or not text.strip():
+        return None
+    # Read only by the VL task, once the run starts: replacing the settings now is safe.
+    controller.config = dataclasses.replace(controller.config, instruction=text)
+    log.info("instruction (proposed by robot %s): %r", robot.name, text)
+    return text
+
+
+def judged_outcome(controller: Controller) -> dict[str, Any] | None:
+    """The robot's verdict on the run (a simulated world judges its episode), or None."""
+    robot = controller.robot
+    if not isinstance(robot, JudgesOutcome):
+        return None
+    try:
+        judged = robot.judged_outcome()
+    except Exception as exc:
+        log.error("robot %s could not judge the run: %s", robot.name, describe(exc))
+        return None
+    return None if judged is None else dict(judged)
+
+
 def _recorder(run: RunConfig, controller: Controller) -> Recorder | None:
-    """`--record DIR`: the run is one episode of the dataset there, its task the instruction."""
+    """`--record DIR`: the run is one episode of the dataset there, its task the instruction.
+
+    Sensor readings are recorded as `observation.environment_state`; a robot
+    that judges its run scores the episode (its success and world seed).
+    """
     if run.record is None:
         return None
-    from controller.recording import Recorder, attach  # pyarrow and PyAV only when recording
+    # pyarrow and PyAV only when recording.
+    from controller.recording import Recorder, attach, sensor_names
 
     recorder = Recorder(
-        run.record, fps=run.controller.hz, cameras=[cam.name for cam in controller.cameras]
+        run.record,
+        fps=run.controller.hz,
+        cameras=[cam.name for cam in controller.cameras],
+        sensors=sensor_names(controller.sensors),
     )
-    attach(controller, recorder, run.controller.instruction)
+    outcome = None
+    if isinstance(controller.robot, JudgesOutcome):
+        outcome = controller.robot.judged_outcome
+    attach(controller, recorder, controller.config.instruction, outcome=outcome)
     return recorder
 
 
@@ -516,8 +561,11 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
     try:
         data = load_file(args.config) if args.config else {}
         source = args.config or "flags"
-        run = from_mapping(_overlay(args, data, source), source=source)
+        merged = _overlay(args, data, source)
+        run = from_mapping(merged, source=source)
         controller = build(run)
+        if "instruction" not in merged:
+            propose_instruction(controller)
         recorder = _recorder(run, controller)
     except USER_ERRORS as exc:
         print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
@@ -570,7 +618,11 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
         "cameras": [c.spec for c in run.cameras],
         "robot_stop_calls": controller.robot_stops,
         "signals": [s.name for s in router.received],
+        "instruction": controller.config.instruction,
     }
+    outcome = judged_outcome(controller)
+    if outcome is not None:
+        summary["outcome"] = outcome
     if recorder is not None:
         summary["recording"] = recorder.summary()
         if recorder.error is not None or recorder.busy:
@@ -582,6 +634,10 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
             code = code or EXIT_FAILED
     watchdog.code = code
     print(format_summary(summary))
+    if outcome is not None:
+        verdict = "success" if outcome.get("success") else "failure"
+        detail = outcome.get("detail")
+        print(f"outcome             {verdict}{f': {detail}' if detail else ''}")
     if recorder is not None:
         rec = summary["recording"]
         print(

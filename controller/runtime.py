@@ -19,7 +19,7 @@ import gc
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -223,14 +223,16 @@ class ActionSent:
 
     `frames` are the newest frame of every camera when the tick decided (the
     observation a dataset pairs with the action; the VL features the policy
-    used may be older, by their feature age). A recorder keeps references
-    only: nothing here is copied on the control path.
+    used may be older, by their feature age), and `sensors` the readings the
+    policy acted on (a recording's privileged environment state). A recorder
+    keeps references only: nothing here is copied on the control path.
     """
 
     tick: int
     command: JointCommand
     state: RobotState
     frames: Mapping[str, Frame]
+    sensors: Mapping[str, SensorReading] = field(default_factory=dict)
 
 
 class Controller:
@@ -910,7 +912,9 @@ class Controller:
             log.info("resuming after hold (%s)", self._holding.value)
             self._holding = None
         if observed is not None:
-            self._notify("action", ActionSent(tick.index, cmd, state.value, observed))
+            self._notify(
+                "action", ActionSent(tick.index, cmd, state.value, observed, sensor_values)
+            )
         reuse = self.telemetry.feature_used(feats.version)
         self.telemetry.action(
             ActionRecord(

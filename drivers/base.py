@@ -214,12 +214,47 @@ class RobotDriver(Protocol):
 
 @runtime_checkable
 class SensorDriver(Protocol):
+    """A source of readings, each a vector of numbers.
+
+    A driver may also say what each value means: an optional `value_names`
+    attribute (a sequence of strings, one per value, or None) names them
+    where they are recorded (a dataset's `observation.environment_state`).
+    """
+
     kind: ClassVar[str]
     name: str
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: object) -> None: ...
     def readings(self) -> AsyncIterator[SensorReading]: ...
+
+
+# --------------------------------------------------------------------------
+# Optional abilities of a robot driver (a simulated world has them, a real arm does not)
+
+
+@runtime_checkable
+class ProposesInstruction(Protocol):
+    """A robot that knows what its episode asks for (a simulated world's task).
+
+    Tools that run episodes use the proposal as the instruction when the
+    user gave none; None means no proposal.
+    """
+
+    def proposed_instruction(self) -> str | None: ...
+
+
+@runtime_checkable
+class JudgesOutcome(Protocol):
+    """A robot whose world can tell whether the task succeeded (a simulated world).
+
+    `judged_outcome()` is read after a run (also after the driver closed):
+    None when nothing was judged, else a mapping with at least `success`
+    (bool) and `detail` (one line of words, e.g. "touched the red cube at
+    3.20 s"); other keys are the world's own (JSON values).
+    """
+
+    def judged_outcome(self) -> Mapping[str, Any] | None: ...
 
 
 # --------------------------------------------------------------------------

@@ -7,10 +7,18 @@ meta/tasks.parquet                              task text -> task_index
 meta/episodes/chunk-000/file-000.parquet        one row per episode: length, task, where its
                                                 rows and video frames are, its statistics
 data/chunk-000/file-000.parquet                 one row per frame: observation.state, action,
-                                                timestamp, frame_index, episode_index, index,
-                                                task_index
+                                                (observation.environment_state), timestamp,
+                                                frame_index, episode_index, index, task_index
 videos/<feature key>/chunk-000/file-000.mp4     one file per camera, episodes back to back
 ```
+
+`observation.environment_state` is LeRobot's name for privileged state of
+the environment: here the readings of the run's sensors, concatenated (for
+the simulated world, every cube's pose, the target and the conveyor speed).
+It is written only when the run has sensors, and is meant as a training
+target (an auxiliary loss), not as a policy input. Episodes may carry
+columns of their own in the episodes table (`seed`: the world seed of a
+simulated episode), which LeRobot keeps and ignores.
 
 Several episodes share a file until it passes its size limit (LeRobot's:
 100 MB of rows, 200 MB of video), then the next file index is used.
@@ -68,6 +76,8 @@ _LAYOUT = {"meta", "data", "videos", STAGING, "README.md", ".gitattributes"}
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+#: LeRobot's feature name for privileged state of the environment (here: sensor readings).
+ENV_KEY = "observation.environment_state"
 IMAGE_PREFIX = "observation.images."
 #: The columns LeRobot adds to every dataset, in its order.
 INDEX_FEATURES: dict[str, dict[str, Any]] = {
@@ -107,6 +117,8 @@ class DatasetSpec:
     robot_type: str
     joint_names: tuple[str, ...]
     cameras: tuple[CameraSpec, ...]
+    #: A name per value of `observation.environment_state`; empty: the feature is not recorded.
+    environment_names: tuple[str, ...] = ()
 
     def features(self) -> dict[str, dict[str, Any]]:
         """`info.json`'s features, without the per-video `info` blocks."""
@@ -115,6 +127,9 @@ class DatasetSpec:
             STATE_KEY: {"dtype": "float32", "shape": [len(names)], "names": names},
             ACTION_KEY: {"dtype": "float32", "shape": [len(names)], "names": names},
         }
+        if self.environment_names:
+            env = list(self.environment_names)
+            out[ENV_KEY] = {"dtype": "float32", "shape": [len(env)], "names": env}
         for cam in self.cameras:
             out[cam.key] = {
                 "dtype": "video",
@@ -133,11 +148,17 @@ class DatasetSpec:
             for k, f in feats.items()
             if f.get("dtype") == "video"
         )
+        env = feats.get(ENV_KEY)
+        env_names: tuple[str, ...] = ()
+        if env is not None:
+            size = int(env["shape"][0])
+            env_names = tuple(env.get("names") or (f"value_{i}" for i in range(size)))
         return cls(
             fps=int(info["fps"]),
             robot_type=str(info.get("robot_type") or "unknown"),
             joint_names=tuple(state.get("names") or ()),
             cameras=cams,
+            environment_names=env_names,
         )
 
 
@@ -153,6 +174,10 @@ class EpisodeData:
     success: bool | None = None
     #: Steps the recorder could not keep (its queue was full): missing between rows.
     dropped: int = 0
+    #: `observation.environment_state` rows, `(length, n)`; None when the dataset has none.
+    environment: np.ndarray | None = None
+    #: The episode's own columns in the episodes table (`seed`, ...): see `episode_columns`.
+    columns: dict[str, Any] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -187,16 +212,25 @@ class LeRobotV3Writer:
     # -- opening ------------------------------------------------------------
     @classmethod
     def open(
-        cls, root: str | Path, *, fps: int, camera_keys: Sequence[str] = ()
+        cls,
+        root: str | Path,
+        *,
+        fps: int,
+        camera_keys: Sequence[str] = (),
+        environment: bool | None = None,
+        label: str = "--record",
     ) -> LeRobotV3Writer:
         """Check `root` (new, empty, or a v3.0 dataset to append to) and make it ready.
 
         Raises `DatasetDirError` with one line when the directory is a file,
         not empty and not a dataset, a dataset of another version, rate or
         cameras, or cannot be written. Nothing is written before these checks.
+        `environment` (when not None) says whether this run records
+        `observation.environment_state`; a dataset that differs is refused.
+        `label` is how messages name the directory (the flag that gave it).
         """
         path = Path(root).expanduser()
-        where = f"--record {str(root)!r}"
+        where = f"{label} {str(root)!r}"
         if path.exists() and not path.is_dir():
             raise DatasetDirError(f"{where} exists and is not a directory")
         info_file = path / INFO_PATH
@@ -217,6 +251,8 @@ class LeRobotV3Writer:
             writer._load(where)  # read only: a dataset we cannot take is left untouched
             try:
                 writer.check_cameras(camera_keys)
+                if environment is not None:
+                    writer.check_environment(environment)
             except DatasetMismatch as exc:
                 raise DatasetDirError(f"{where}: {exc}") from None
         try:
@@ -328,6 +364,23 @@ class LeRobotV3Writer:
                 f" the same way ({', '.join(other)})"
             )
 
+    def check_environment(self, recorded: bool) -> None:
+        """An existing dataset has `observation.environment_state` exactly when this run records it."""
+        spec = self.spec
+        if spec is None:
+            return
+        has = bool(spec.environment_names)
+        if has and not recorded:
+            raise DatasetMismatch(
+                f"the dataset at {str(self.root)!r} records {ENV_KEY} (sensor readings); this run"
+                " has no sensors"
+            )
+        if recorded and not has:
+            raise DatasetMismatch(
+                f"the dataset at {str(self.root)!r} has no {ENV_KEY}; this run has sensors"
+                " whose readings would be recorded there"
+            )
+
     def settle(self, proposed: DatasetSpec) -> DatasetSpec:
         """The spec this run records with: the dataset's own if it has one (checked against ours)."""
         spec = self.spec
@@ -338,6 +391,12 @@ class LeRobotV3Writer:
             raise DatasetMismatch(
                 f"the dataset at {str(self.root)!r} records {len(spec.joint_names)} joints;"
                 f" this robot has {len(proposed.joint_names)}"
+            )
+        self.check_environment(bool(proposed.environment_names))
+        if len(spec.environment_names) != len(proposed.environment_names):
+            raise DatasetMismatch(
+                f"the dataset at {str(self.root)!r} records {len(spec.environment_names)} values"
+                f" of {ENV_KEY}; this run's sensors give {len(proposed.environment_names)}"
             )
         return spec
 
@@ -364,6 +423,7 @@ class LeRobotV3Writer:
             if ep.task not in self.tasks:
                 target = self.root / TASKS_PATH
                 staged.append((_write_parquet(_tasks_table(tasks), target), target))
+            row.update(episode_columns(ep.columns))
             row.update(
                 {
                     "episode_index": index,
@@ -449,9 +509,18 @@ class LeRobotV3Writer:
         states = np.asarray(ep.states, dtype=np.float32).reshape(n, dof)
         actions = np.asarray(ep.actions, dtype=np.float32).reshape(n, dof)
         frame = np.arange(n, dtype=np.int64)
-        columns = {
+        columns: dict[str, pa.Array] = {
             STATE_KEY: _fixed_list(states),
             ACTION_KEY: _fixed_list(actions),
+        }
+        if spec.environment_names:
+            if ep.environment is None:
+                raise ValueError(f"the dataset records {ENV_KEY}; the episode has none")
+            env = np.asarray(ep.environment, dtype=np.float32).reshape(
+                n, len(spec.environment_names)
+            )
+            columns[ENV_KEY] = _fixed_list(env)
+        columns |= {
             # Frame k's time in its episode: where its video frame is (k / fps).
             "timestamp": pa.array((frame / spec.fps).astype(np.float32)),
             "frame_index": pa.array(frame),
@@ -638,9 +707,14 @@ def _fixed_list(values: np.ndarray) -> pa.Array:
 
 def _hf_features(spec: DatasetSpec) -> bytes:
     """The `datasets` library's own schema note, so Hugging Face `datasets` reads the types back."""
+
+    def vec(n: int) -> dict[str, Any]:
+        return {"feature": {"dtype": "float32", "_type": "Value"}, "length": n, "_type": "List"}
+
     dof = len(spec.joint_names)
-    vec = {"feature": {"dtype": "float32", "_type": "Value"}, "length": dof, "_type": "List"}
-    features: dict[str, Any] = {STATE_KEY: vec, ACTION_KEY: vec}
+    features: dict[str, Any] = {STATE_KEY: vec(dof), ACTION_KEY: vec(dof)}
+    if spec.environment_names:
+        features[ENV_KEY] = vec(len(spec.environment_names))
     for key, ft in INDEX_FEATURES.items():
         features[key] = {"dtype": ft["dtype"], "_type": "Value"}
     return json.dumps({"info": {"features": features}}).encode()
@@ -688,6 +762,44 @@ def _tasks_table(tasks: Mapping[str, int]) -> pa.Table:
     return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
 
 
+#: Columns of the episodes table that the format (or this writer) defines: an episode's own
+#: columns may not use these names, nor their prefixes.
+_RESERVED_COLUMNS = frozenset(
+    {
+        "episode_index",
+        "tasks",
+        "length",
+        "dataset_from_index",
+        "dataset_to_index",
+        "success",
+        "dropped_steps",
+    }
+)
+_RESERVED_PREFIXES = ("data/", "videos/", "stats/", "meta/")
+
+
+def episode_columns(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """An episode's own columns for the episodes table, checked: names that are not the
+    format's, values that are a bool, int, float or str (None: the column is left empty)."""
+    out: dict[str, Any] = {}
+    for key, value in columns.items():
+        if not isinstance(key, str) or not key or key in _RESERVED_COLUMNS:
+            raise ValueError(f"{key!r} cannot name an episode column (the format uses it)")
+        if key.startswith(_RESERVED_PREFIXES):
+            raise ValueError(
+                f"episode column {key!r}: names starting with {', '.join(_RESERVED_PREFIXES)}"
+                " are the format's"
+            )
+        if value is None:
+            continue
+        if not isinstance(value, bool | int | float | str):
+            raise ValueError(
+                f"episode column {key!r}: a bool, int, float or str, got {type(value).__name__}"
+            )
+        out[key] = value
+    return out
+
+
 def _episode_row(row: Mapping[str, Any]) -> pa.Table:
     fixed = {
         "episode_index": pa.int64(),
@@ -709,6 +821,12 @@ def _episode_row(row: Mapping[str, Any]) -> pa.Table:
         elif key.endswith(("chunk_index", "file_index")):
             arrays[key] = pa.array([value], type=pa.int64())
         elif key.endswith(("from_timestamp", "to_timestamp")):
+            arrays[key] = pa.array([value], type=pa.float64())
+        elif isinstance(value, bool):
+            arrays[key] = pa.array([value], type=pa.bool_())
+        elif isinstance(value, int):
+            arrays[key] = pa.array([value], type=pa.int64())
+        elif isinstance(value, float):
             arrays[key] = pa.array([value], type=pa.float64())
         else:
             arrays[key] = pa.array([value])

@@ -17,9 +17,16 @@ called from the writer thread; the episode in progress is abandoned,
 episodes already saved stay as they were, and later steps are dropped.
 
 Episodes: `start_episode(task)`, then `record(...)` once per command sent
-(or `observe`, a `Controller.observers` callback, fed by the "action"
-event), then `end_episode(success)` or `discard_episode()`. A CLI run is one
+(`observe`, a `Controller.observers` callback added by `feed`, does it: each
+"action" event with the frames, state and sensor readings it was decided
+on), then
+`end_episode(success, columns)` or `discard_episode()`. A CLI run is one
 episode (`attach`); `controller.collect` runs N and scores each.
+
+A recorder made with `sensors` also records their readings, concatenated in
+the order given, as `observation.environment_state` (privileged state: for
+the simulated world, the cubes' poses; a training target, never a policy
+input), named by each driver's `value_names` when it has them.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +55,9 @@ from controller.recording.lerobot_v3 import (
     EpisodeData,
     LeRobotV3Writer,
     camera_key,
+    episode_columns,
 )
-from drivers.base import Frame, RobotInfo, RobotState
+from drivers.base import Frame, RobotInfo, RobotState, SensorDriver, SensorReading
 
 log = logging.getLogger("controller.recording")
 
@@ -83,6 +91,8 @@ class _Step:
     state: RobotState
     action: np.ndarray
     frames: Mapping[str, Frame]
+    #: Each recorded sensor's values, in the recorder's sensor order.
+    environment: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +100,7 @@ class _End:
     success: bool | None
     keep: bool
     dropped: int
+    columns: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _Close:
@@ -106,6 +117,7 @@ class _Episode:
     image_stats: dict[str, stats_mod.ImageStats] | None = None
     states: list[np.ndarray] | None = None
     actions: list[np.ndarray] | None = None
+    environment: list[np.ndarray] | None = None
 
 
 class Recorder:
@@ -120,26 +132,41 @@ class Recorder:
         capacity: int = DEFAULT_CAPACITY,
         crf: int = video.DEFAULT_CRF,
         on_error: Callable[[RecordingError], None] | None = None,
+        sensors: Mapping[str, Sequence[str] | None] | None = None,
+        label: str = "--record",
     ) -> None:
         """Open (or create) the dataset at `root`; refuses with `DatasetDirError` (one line).
 
         `fps` is the control rate: one dataset frame per command sent.
-        LeRobot's format has an integer frame rate.
+        LeRobot's format has an integer frame rate. `sensors` maps the name
+        of each sensor whose readings are recorded (`observation.environment_state`)
+        to names for its values, or None (`sensor_names` makes it from drivers).
+        `label` is how messages name the directory (the flag that gave it).
         """
         if not (float(fps).is_integer() and fps >= 1):
             raise DatasetDirError(
-                f"--record needs a whole-number control rate (LeRobot datasets have an integer"
+                f"{label} needs a whole-number control rate (LeRobot datasets have an integer"
                 f" fps), got hz = {fps:g}"
             )
         keys = {name: camera_key(name) for name in cameras}
         if len(set(keys.values())) != len(keys):
             raise DatasetDirError(
-                f"--record: camera names {list(keys)} map to the same dataset feature"
+                f"{label}: camera names {list(keys)} map to the same dataset feature"
             )
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.fps = int(fps)
-        self.writer = LeRobotV3Writer.open(root, fps=self.fps, camera_keys=list(keys.values()))
+        self._sensors: dict[str, tuple[str, ...] | None] = {
+            name: None if names is None else tuple(str(n) for n in names)
+            for name, names in (sensors or {}).items()
+        }
+        self.writer = LeRobotV3Writer.open(
+            root,
+            fps=self.fps,
+            camera_keys=list(keys.values()),
+            environment=bool(self._sensors),
+            label=label,
+        )
         self.root = self.writer.root
         self.capacity = capacity
         self.crf = crf
@@ -169,6 +196,16 @@ class Recorder:
     def episode_open(self) -> bool:
         return self._episode_open
 
+    @property
+    def episode_dropped(self) -> int:
+        """Steps of the episode being recorded that were not kept (0 when none was lost)."""
+        return self._episode_dropped
+
+    @property
+    def sensors(self) -> tuple[str, ...]:
+        """The sensors whose readings are recorded, in order (empty: no environment state)."""
+        return tuple(self._sensors)
+
     def start_episode(self, task: str, robot: RobotInfo | None = None) -> None:
         """Begin an episode with `task` (the instruction) as its task text."""
         if self._closed:
@@ -181,35 +218,55 @@ class Recorder:
         self._episode_dropped = 0
         self._put(_Start(task, robot))
 
-    def record(self, state: RobotState, action: np.ndarray, frames: Mapping[str, Frame]) -> bool:
-        """One step: the state decided on, the command sent, each camera's newest frame.
+    def record(
+        self,
+        state: RobotState,
+        action: np.ndarray,
+        frames: Mapping[str, Frame],
+        sensors: Mapping[str, SensorReading] | None = None,
+    ) -> bool:
+        """One step: the state decided on, the command sent, each camera's newest frame,
+        and (when the recorder records sensors) each sensor's reading of the same tick.
 
         Returns False when the step was not kept (no episode; or counted in
-        `dropped`: the writer failed, the queue is full, a camera's frame is
-        missing).
+        `dropped`: the writer failed, the queue is full, a camera's frame or
+        a recorded sensor's reading is missing).
         """
         if not self._episode_open:
             return False
+        readings = sensors or {}
         if (
             self.error is not None
             or self._steps_queued >= self.capacity
             or any(name not in frames for name in self._keys)
+            or any(name not in readings for name in self._sensors)
         ):
             self.dropped += 1
             self._episode_dropped += 1
             return False
-        self._put(_Step(state, action, dict(frames)), step=True)
+        env = tuple(readings[name].values for name in self._sensors)
+        self._put(_Step(state, action, dict(frames), env), step=True)
         self.recorded += 1
         return True
 
     def observe(self, event: str, _time: float, detail: Any) -> None:
-        """A `Controller.observers` callback: each "action" event becomes one step."""
+        """A `Controller.observers` callback: each "action" event becomes one step,
+        with the frames, state and sensor readings the command was decided on."""
         if event == "action":
-            self.record(detail.state, detail.command.positions, detail.frames)
+            sensors = getattr(detail, "sensors", None)
+            self.record(detail.state, detail.command.positions, detail.frames, sensors)
 
-    def end_episode(self, success: bool | None = None) -> None:
-        """Save the episode (atomically, on the writer thread); `success` None means not scored."""
-        self._finish(_End(success, keep=True, dropped=self._episode_dropped))
+    def end_episode(
+        self, success: bool | None = None, columns: Mapping[str, Any] | None = None
+    ) -> None:
+        """Save the episode (atomically, on the writer thread); `success` None means not scored.
+
+        `columns` are the episode's own columns in the episodes table (for
+        example `seed`, the world seed of a simulated episode): bool, int,
+        float or str values; a name the format uses is refused (ValueError).
+        """
+        checked = episode_columns(columns or {})
+        self._finish(_End(success, keep=True, dropped=self._episode_dropped, columns=checked))
 
     def discard_episode(self) -> None:
         """Throw the episode away (a collection run that went wrong)."""
@@ -320,6 +377,19 @@ class Recorder:
         names = tuple(robot.joint_names) if robot is not None else ()
         if len(names) != dof:
             names = tuple(f"joint_{i}" for i in range(dof))
+        env_names: list[str] = []
+        for (sensor, given), values in zip(self._sensors.items(), step.environment, strict=True):
+            size = int(np.asarray(values).size)
+            if given is not None and len(given) != size:
+                log.warning(
+                    "sensor %s names %d values but reads %d: recorded as %s.0 ...",
+                    sensor,
+                    len(given),
+                    size,
+                    sensor,
+                )
+                given = None
+            env_names += [f"{sensor}.{n}" for n in (given or range(size))]
         cams = []
         for name, key in sorted(self._keys.items(), key=lambda kv: kv[1]):
             frame = step.frames[name]
@@ -331,6 +401,7 @@ class Recorder:
             robot_type=robot.name if robot is not None else "unknown",
             joint_names=names,
             cameras=tuple(cams),
+            environment_names=tuple(env_names),
         )
         return self.writer.settle(proposed)
 
@@ -338,7 +409,7 @@ class Recorder:
         if ep.spec is None:
             ep.spec = self._spec_for(ep, step)
             ep.encoders, ep.image_stats = {}, {}
-            ep.states, ep.actions = [], []
+            ep.states, ep.actions, ep.environment = [], [], []
             self.writer.staging.mkdir(parents=True, exist_ok=True)
             for cam in ep.spec.cameras:
                 path = self.writer.staging / f"episode-{ep.index:06d}-{cam.key}.mp4"
@@ -347,7 +418,7 @@ class Recorder:
                 )
                 ep.image_stats[cam.key] = stats_mod.ImageStats()
         assert ep.encoders is not None and ep.image_stats is not None
-        assert ep.states is not None and ep.actions is not None
+        assert ep.states is not None and ep.actions is not None and ep.environment is not None
         dof = len(ep.spec.joint_names)
         state = np.asarray(step.state.positions, dtype=np.float32)
         action = np.asarray(step.action, dtype=np.float32)
@@ -361,6 +432,16 @@ class Recorder:
             rgb = _sized(step.frames[name].image, cam.width, cam.height)
             ep.encoders[key].add(rgb)
             ep.image_stats[key].add(rgb)
+        if ep.spec.environment_names:
+            env = np.concatenate(
+                [np.asarray(v, dtype=np.float32).reshape(-1) for v in step.environment]
+            )
+            if env.shape != (len(ep.spec.environment_names),):
+                raise DatasetMismatch(
+                    f"a step has {env.size} sensor values; the dataset records"
+                    f" {len(ep.spec.environment_names)} in observation.environment_state"
+                )
+            ep.environment.append(env)
         ep.states.append(state)
         ep.actions.append(action)
 
@@ -382,6 +463,8 @@ class Recorder:
             image_stats={key: s.result() for key, s in ep.image_stats.items()},
             success=end.success,
             dropped=end.dropped,
+            environment=np.stack(ep.environment) if ep.environment else None,
+            columns=dict(end.columns),
         )
         try:
             saved = self.writer.commit(data, ep.spec)
@@ -429,12 +512,36 @@ def _sized(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return frame.reformat(width=width, height=height).to_ndarray(format="rgb24")
 
 
-def attach(controller: Any, recorder: Recorder, task: str) -> Callable[[str, float, Any], None]:
+def sensor_names(sensors: Sequence[SensorDriver]) -> dict[str, Sequence[str] | None]:
+    """`Recorder(sensors=...)` for these drivers: each one's `value_names`, if it has them."""
+    return {s.name: getattr(s, "value_names", None) for s in sensors}
+
+
+def feed(controller: Any, recorder: Recorder) -> Callable[[str, float, Any], None]:
+    """Record every command `controller` sends into the open episode (if any), with the
+    frames, state and sensor readings it was decided on. Returns the observer it added.
+
+    The episodes themselves are started and ended by the caller
+    (`controller.collect` runs one controller per episode).
+    """
+    controller.observers.append(recorder.observe)
+    return recorder.observe
+
+
+def attach(
+    controller: Any,
+    recorder: Recorder,
+    task: str,
+    *,
+    outcome: Callable[[], Mapping[str, Any] | None] | None = None,
+) -> Callable[[str, float, Any], None]:
     """Record a controller's run as one episode: from ACTIVE to its end, every command sent.
 
     The episode starts when the controller becomes active (the robot is
-    connected, so its joint names are known) and is saved, not scored, when
-    the run winds down, whatever ended it. Returns the observer it added.
+    connected, so its joint names are known) and is saved when the run
+    winds down, whatever ended it: scored by `outcome()` when given (a
+    robot's `judged_outcome`: its `success`, and its `seed` as the
+    episode's `seed` column), else not scored. Returns the observer it added.
     """
 
     def on_event(event: str, time: float, detail: Any) -> None:
@@ -445,7 +552,25 @@ def attach(controller: Any, recorder: Recorder, task: str) -> Callable[[str, flo
             if phase == "active" and not recorder.episode_open:
                 recorder.start_episode(task, controller.robot.info)
             elif phase in ("stopping", "stopped", "failed") and recorder.episode_open:
-                recorder.end_episode(None)
+                judged = _judged(outcome)
+                success = judged.get("success")
+                seed = judged.get("seed")
+                recorder.end_episode(
+                    success if isinstance(success, bool) else None,
+                    {"seed": seed}
+                    if isinstance(seed, int) and not isinstance(seed, bool)
+                    else None,
+                )
 
     controller.observers.append(on_event)
     return on_event
+
+
+def _judged(outcome: Callable[[], Mapping[str, Any] | None] | None) -> Mapping[str, Any]:
+    if outcome is None:
+        return {}
+    try:
+        return outcome() or {}
+    except Exception:
+        log.exception("judging the recorded episode failed; it is saved unscored")
+        return {}

@@ -13,8 +13,9 @@ sampled at, on the controller clock.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from drivers.arms import arm_info
 from drivers.base import ConfiguredDriver, JointCommand, RobotState
@@ -39,6 +40,42 @@ class SimRobot(Lifecycle, ConfiguredDriver):
     def world(self) -> SimWorld:
         """The world this arm lives in (its episode, its outcome)."""
         return self._handle.world
+
+    def proposed_instruction(self) -> str:
+        """The episode's instruction ("touch the red cube"): what the CLI uses when given none."""
+        return self._handle.episode().instruction
+
+    def judged_outcome(self) -> dict[str, Any] | None:
+        """How the episode went (None before the world was built); readable after close too."""
+        if not self._handle.built:
+            return None
+        world = self.world
+        ep, out = world.episode(), world.outcome()
+        if out.success:
+            detail = f"touched the {ep.target} cube at {out.time_to_success:.2f} s"
+        else:
+            span = (
+                f"within its {ep.limit:g} s"
+                if out.elapsed >= ep.limit
+                else f"in the {out.elapsed:.1f} s simulated"
+            )
+            closest = (
+                f" (closest {out.min_distance:.3f} m from its top face)"
+                if math.isfinite(out.min_distance)
+                else ""
+            )
+            detail = f"did not touch the {ep.target} cube {span}{closest}"
+        return {
+            "success": out.success,
+            "detail": detail,
+            "task": ep.task,
+            "seed": ep.seed,
+            "target": ep.target,
+            "instruction": ep.instruction,
+            "time_to_success": out.time_to_success,
+            "min_distance": out.min_distance if math.isfinite(out.min_distance) else None,
+            "elapsed": out.elapsed,
+        }
 
     async def __aenter__(self) -> Self:
         try:

@@ -13,6 +13,7 @@ from typing import ClassVar, Self
 from drivers.base import ConfiguredDriver, SensorReading
 from drivers.lifecycle import Lifecycle, periodic
 from drivers.sim.config import SimSensorConfig
+from drivers.sim.task import SENSOR_NAMES
 from drivers.sim.world import SimWorld, shared_world
 
 
@@ -20,6 +21,8 @@ class SimSensor(Lifecycle, ConfiguredDriver):
     kind: ClassVar[str] = "sensor"
     Config = SimSensorConfig
     spec_field = "world"
+    #: What each value of a reading is (a recording names its environment state with these).
+    value_names: ClassVar[tuple[str, ...]] = SENSOR_NAMES
 
     def __init__(self, config: SimSensorConfig | None = None) -> None:
         self.config = config or SimSensorConfig()

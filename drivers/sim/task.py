@@ -122,6 +122,13 @@ CUBE_FIELDS = ("x", "y", "z", "yaw")
 #: The reading: the cubes in `COLOURS` order, then the task's target index
 #: (into `COLOURS`), then the conveyor's speed along +y (m/s; 0 for `reach`).
 SENSOR_SIZE = len(COLOURS) * len(CUBE_FIELDS) + 2
+#: A name per value of the reading ("red.x", ..., "target_index", "conveyor_speed"): what a
+#: dataset's `observation.environment_state` calls them.
+SENSOR_NAMES: tuple[str, ...] = (
+    *(f"{colour}.{field}" for colour in COLOURS for field in CUBE_FIELDS),
+    "target_index",
+    "conveyor_speed",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -669,6 +669,19 @@ class WorldHandle:
         return self._entry.build()
 
     @property
+    def built(self) -> bool:
+        """The world exists (a driver of it connected, or someone asked for it)."""
+        return self._entry.world is not None
+
+    def episode(self) -> Episode:
+        """The world's episode; planned from its drivers' options if it is not built yet
+        (reading the instruction must not build MuJoCo before anything connects)."""
+        entry = self._entry
+        if entry.world is not None:
+            return entry.world.episode()
+        return plan_episode(WorldConfig(**entry.explicit), entry.name)
+
+    @property
     def released(self) -> bool:
         return self._released
 

@@ -13,7 +13,11 @@ these tests instead of agreeing with itself.
   `videos/<key>/chunk_index`, `file_index`, `from_timestamp`, `to_timestamp`;
 - `meta/tasks.parquet`: `task_index`, indexed (pandas metadata) by task text;
 - `data/...parquet`: rows; frame k of an episode is at
-  `from_timestamp + timestamp` in its video file, within 1e-4 s.
+  `from_timestamp + timestamp` in its video file, within 1e-4 s;
+- `observation.environment_state` (optional): LeRobot's privileged state of
+  the environment, a float32 vector per row, its length and value names in
+  `info.json`'s features; columns of the episodes table that the format does
+  not define (a world `seed`) are the dataset's own and read as they are.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TOLERANCE_S = 1e-4  # LeRobotDataset's default tolerance between a timestamp and a frame
+ENV_KEY = "observation.environment_state"
 
 
 @dataclass
@@ -54,6 +59,21 @@ class V3Dataset:
         index = table["index"].to_numpy()
         keep = (index >= ep["dataset_from_index"]) & (index < ep["dataset_to_index"])
         return table.filter(pa.array(keep))
+
+    def environment_state(self, episode: int) -> np.ndarray | None:
+        """The episode's `observation.environment_state`, `(frames, n)` float32, checked against
+        its feature in `info.json`; None when the dataset has no such feature."""
+        feature = self.info["features"].get(ENV_KEY)
+        if feature is None:
+            return None
+        assert feature["dtype"] == "float32", feature
+        (size,) = feature["shape"]
+        assert feature["names"] is None or len(feature["names"]) == size, feature
+        column = self.rows(episode)[ENV_KEY]
+        assert column.type.value_type == pa.float32(), column.type
+        values = np.array(column.to_pylist(), dtype=np.float32)
+        assert values.shape == (self.episodes[episode]["length"], size), values.shape
+        return values
 
     def all_rows(self) -> pa.Table:
         """Every data file in path order, as LeRobot loads them (it indexes rows by position)."""
