@@ -16,6 +16,8 @@ the user has not chosen one.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import os
 
@@ -29,6 +31,13 @@ GL_FIX = (
 
 # PyOpenGL (imported by MuJoCo for EGL) logs at INFO that its optional C speed-ups are absent.
 logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
+
+# Triton (installed with torch on Linux) carries its own LLVM; importing it after Mesa's EGL
+# driver has loaded LLVM for a MuJoCo render segfaults the process (the qwen-vla policy's
+# transformers import does that). Loaded first, both coexist: so load it before any render.
+if importlib.util.find_spec("triton") is not None:
+    with contextlib.suppress(Exception):
+        import triton  # noqa: F401
 
 try:
     import mujoco  # imported here first, so that MUJOCO_GL above applies

@@ -66,3 +66,30 @@ def test_gl_backends_work_or_fail_in_one_line_naming_the_fix():
     assert (
         bogus.returncode == 3 and "invalid value for environment variable MUJOCO_GL" in bogus.stdout
     )
+
+
+def test_a_model_library_imported_after_a_render_does_not_crash_the_process():
+    """The qwen-vla policy imports transformers (and with it triton) after the cameras have
+    rendered; triton's LLVM loaded after Mesa's used to segfault the process (exit 139)."""
+    pytest.importorskip("triton")
+    program = (
+        "import mujoco, numpy\n"
+        "import drivers.sim\n"
+        "m = mujoco.MjModel.from_xml_string(\"<mujoco><worldbody><geom type='sphere' size='.1'/>"
+        '</worldbody></mujoco>")\n'
+        "r = mujoco.Renderer(m, 16, 16); d = mujoco.MjData(m); r.update_scene(d)\n"
+        "assert r.render().shape == (16, 16, 3)\n"
+        "import triton.runtime\n"
+        "print('ALIVE')\n"
+    )
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "ALIVE" in done.stdout
