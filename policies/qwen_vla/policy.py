@@ -88,6 +88,19 @@ def default_config(
     return config
 
 
+def preload_vision_stack() -> None:
+    """Import the VL preprocessing stack now, while the policy is configured, before any
+    driver connects.
+
+    `qwen_vl_utils` imports torchvision, which imports triton, whose library carries its
+    own LLVM. Loaded after Mesa's EGL has started (the sim camera's MuJoCo renderer,
+    which runs on Mesa's LLVM), it crashes the process with a segmentation fault
+    (measured: `python -m controller --robot sim --camera sim://front`); loaded before,
+    both work. It would be imported at the first encode anyway.
+    """
+    import qwen_vl_utils  # noqa: F401
+
+
 class QwenVLAPolicy:
     """Qwen2.5-VL features + state/sensor encoders + action expert -> joint targets."""
 
@@ -108,6 +121,7 @@ class QwenVLAPolicy:
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> QwenVLAPolicy:
         opts = parse_options(QwenVLAOptions, options, what="qwen-vla")
+        preload_vision_stack()
         if opts.checkpoint:
             extra = opts.shape_options()
             if extra:

@@ -50,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
+    except (RuntimeError, MemoryError) as exc:  # torch's failures: out of memory, a device gone
+        print(
+            f"error: training failed: {type(exc).__name__}: {_one_line(str(exc))}"[:2000],
+            file=sys.stderr,
+        )
+        return 1
     print(common.summary_line(result))
     return 130 if result.get("interrupted") else 0
 

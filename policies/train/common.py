@@ -19,7 +19,7 @@ from torch import nn
 from policies.lerobot_dataset import DatasetError, LeRobotDataset
 from policies.qwen_vla.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, Preprocessing
 from policies.train.data import Split, cosine_lr, split_episodes
-from policies.train.rundir import TrainError
+from policies.train.rundir import TrainError, TrainingFailed
 
 LOG = logging.getLogger("policies.train")
 
@@ -285,8 +285,8 @@ def train_loop(
             parts = step_fn([train_samples[i] for i in picks], rng)
             loss = parts["bc"] + aux_weight * parts["aux"] if "aux" in parts else parts["bc"]
             if not torch.isfinite(loss):
-                raise TrainError(
-                    f"{desc}: the loss became {float(loss)} at step {step} (lr {lr:.2e});"
+                raise TrainingFailed(
+                    f"{desc}: the loss became {float(loss.detach())} at step {step} (lr {lr:.2e});"
                     " lower --lr or raise --warmup"
                 )
             optimizer.zero_grad(set_to_none=True)

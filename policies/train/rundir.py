@@ -41,6 +41,10 @@ class TrainError(PolicyError):
     """A training run cannot start or go on (the message names the flag, file or value)."""
 
 
+class TrainingFailed(RuntimeError):
+    """Training itself went wrong (the loss diverged): a runtime failure, not bad input."""
+
+
 def read_run(out: Path) -> dict[str, Any] | None:
     """The run record of `out`, or None when `out` is not a run of ours."""
     try:

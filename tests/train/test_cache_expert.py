@@ -155,3 +155,10 @@ def test_cache_build_refuses_a_missing_camera_and_a_bad_dataset(syn, tuned, tmp_
         assert vl_cache.main([*args, "--out", str(tmp_path / "c"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_a_diverging_run_stops_with_one_line_exit_1(cache, syn, tmp_path, capsys):
+    args = expert_args(syn, tmp_path / "nan", "--cache", str(cache), "--steps", "20")
+    assert main([*args, "--lr", "1e30", "--warmup", "0", "--grad-clip", "1e30"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "training failed" in err[0] and "the loss became nan" in err[0], err
