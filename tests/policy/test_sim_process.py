@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,7 @@ def test_controller_with_the_sim_world_and_qwen_vla_exits_cleanly(tmp_path):
         text=True,
         timeout=300,
         env=env,
-        cwd=os.getcwd(),
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert "actions sent" in proc.stdout + proc.stderr

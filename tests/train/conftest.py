@@ -6,9 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import qwen_vl_utils  # noqa: F401  (see below)
 import torch
 
 from tests.train import datasets
+
+# qwen_vl_utils imports torchvision, which loads triton and its own LLVM: imported after
+# a MuJoCo EGL renderer exists (the sim recording test) it crashes the process, so it is
+# imported first, as `QwenVLAPolicy.from_options` does for the controller.
 
 #: Small everything: 32x32 frames become 56x56 inside the VL's bounds (4 tokens per image).
 SIZE = 32

@@ -164,3 +164,22 @@ def test_cli_missing_camera_and_missing_environment_state(syn, tmp_path, tiny_ca
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_a_sim_recording_reads_back_with_its_privileged_state(tmp_path):
+    """Expert episodes of the MuJoCo world (as controller.collect records them): the named
+    cube of each row's environment_state is the one the episode's instruction names."""
+    from drivers.sim.world import WorldConfig, plan_episode
+    from policies.train.data import named_cube_xy
+
+    root = datasets.record_sim(tmp_path / "sim", [3, 4], cameras=("front", "top"), size=16)
+    ds = LeRobotDataset.open(root)
+    assert len(ds.episodes) == 2 and all(e.success for e in ds.episodes)
+    for e, seed in enumerate((3, 4)):
+        plan = plan_episode(WorldConfig(task="reach", seed=seed))
+        rows = ds.rows(e)
+        assert ds.episodes[e].task == plan.instruction
+        cube = next(c for c in plan.cubes if c.colour == plan.target)
+        xy = named_cube_xy(rows.environment_state)
+        assert np.allclose(xy, [cube.x, cube.y], atol=1e-5)  # reach: the cubes stay put
+        assert ds.frames(e, "top").shape == (len(rows), 16, 16, 3)
