@@ -98,3 +98,13 @@ def test_split_is_by_episode_seeded_and_disjoint():
     assert a == split_episodes(range(20), 0.2, seed=3)
     assert a != split_episodes(range(20), 0.2, seed=4)
     assert split_episodes([7], 0.5, seed=0).val == ()
+
+
+def test_feature_lag_stays_within_the_episode_and_the_bound():
+    from policies.train.data import lagged_frame
+
+    rng = np.random.default_rng(0)
+    lags = [10 - lagged_frame(10, 3, rng) for _ in range(400)]
+    assert set(lags) == {0, 1, 2, 3}
+    assert {lagged_frame(1, 3, rng) for _ in range(100)} == {0, 1}
+    assert lagged_frame(7, 0, rng) == 7
