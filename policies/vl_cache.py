@@ -2,11 +2,15 @@
 
     python -m policies.vl_cache build --dataset samples.jsonl --out cache/ \
         [--checkpoint DIR | --vl-model DIR_OR_ID] [--min-pixels N --max-pixels N]
+    python -m policies.vl_cache build --lerobot DATASET --vl-model VLDIR --out cache/ \
+        [--cameras front,top]
     python -m policies.vl_cache check --cache cache/ [same model options]
 
 `samples.jsonl` holds one sample per line:
 `{"id": "ep3/t120", "images": ["front/120.png", "wrist/120.png"], "instruction": "..."}`
-(image paths relative to the JSONL file). The cache directory holds
+(image paths relative to the JSONL file). With `--lerobot`, a LeRobot v3 dataset
+gives one sample per (episode, frame), keyed `"<episode>/<frame>"`, with its
+cameras' frames and the episode's task. The cache directory holds
 `features.safetensors` (sample id -> the (1, 1, hidden) float32 feature) and
 `manifest.json` (model fingerprint, preprocessing, versions).
 
@@ -301,24 +305,88 @@ def _versions() -> dict[str, str]:
 
 
 def build_cache(encoder: Any, samples: Sequence[CacheSample], out_dir: str | Path) -> Path:
-    """Encode every sample with `encoder.encode` and write the cache atomically.
+    """Encode every JSONL sample with `encoder.encode` and write the cache atomically."""
+    items = ((s.id, lambda s=s: [load_image(p) for p in s.images], s.instruction) for s in samples)
+    return write_cache(encoder, items, out_dir, total=len(samples))
+
+
+def sample_id(episode: int, frame: int) -> str:
+    """The cache key of a LeRobot dataset's frame: `"<episode>/<frame>"`."""
+    return f"{episode}/{frame}"
+
+
+def build_lerobot_cache(
+    encoder: Any,
+    dataset: Any,
+    cameras: Sequence[str],
+    out_dir: str | Path,
+    *,
+    episodes: Sequence[int] | None = None,
+    progress: bool = True,
+) -> Path:
+    """One feature per frame of a LeRobot dataset (`policies.lerobot_dataset.LeRobotDataset`),
+    keyed by `sample_id(episode, frame)`: the frames of `cameras`, in that order, and the
+    episode's task as the instruction, through `encoder.encode`.
+
+    The manifest's `source` records the dataset's digest and the cameras, which the
+    expert stage checks.
+    """
+    keys = dataset.require_cameras(cameras)
+    chosen = list(range(len(dataset.episodes)) if episodes is None else episodes)
+    total = sum(dataset.episodes[e].length for e in chosen)
+
+    def items() -> Iterable[tuple[str, Any, str]]:
+        for e in chosen:
+            frames = [dataset.frames(e, key) for key in keys]
+            task = dataset.episodes[e].task
+            for k in range(dataset.episodes[e].length):
+                yield sample_id(e, k), [f[k] for f in frames], task
+
+    source = {
+        "kind": "lerobot",
+        "dataset": str(dataset.root),
+        "digest": dataset.digest(),
+        "cameras": list(cameras),
+        "episodes": chosen,
+        "frames": total,
+    }
+    return write_cache(encoder, items(), out_dir, total=total, source=source, progress=progress)
+
+
+def write_cache(
+    encoder: Any,
+    items: Iterable[tuple[str, Any, str]],
+    out_dir: str | Path,
+    *,
+    total: int,
+    source: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Encode each (id, images or a function returning them, instruction) with
+    `encoder.encode`, one sample at a time, and write the cache atomically.
 
     The cache is written to a new directory beside `out_dir` and swapped in
     at the end (`_install`): an interrupted or failed build leaves the
     previous cache, or whatever was there, untouched.
     """
     from safetensors.torch import save_file
+    from tqdm import tqdm
 
     out = Path(out_dir)
     check_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     features: dict[str, torch.Tensor] = {}
     t0 = time.monotonic()
-    for i, sample in enumerate(samples, 1):
-        images = [load_image(p) for p in sample.images]
-        features[sample.id] = encoder.encode(images, sample.instruction).detach().cpu().contiguous()
-        if i % 50 == 0 or i == len(samples):
-            LOG.info("encoded %d/%d samples (%.1f s)", i, len(samples), time.monotonic() - t0)
+    bar = tqdm(total=total, desc="vl_cache", file=sys.stderr, disable=not progress, mininterval=1)
+    try:
+        for i, (sid, images, instruction) in enumerate(items, 1):
+            imgs = images() if callable(images) else images
+            features[sid] = encoder.encode(imgs, instruction).detach().cpu().contiguous()
+            bar.update(1)
+            if not progress and (i % 50 == 0 or i == total):
+                LOG.info("encoded %d/%d samples (%.1f s)", i, total, time.monotonic() - t0)
+    finally:
+        bar.close()
     manifest = {
         "kind": KIND,
         "format": CACHE_FORMAT,
@@ -329,6 +397,8 @@ def build_cache(encoder: Any, samples: Sequence[CacheSample], out_dir: str | Pat
         "versions": _versions(),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if source is not None:
+        manifest["source"] = source
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache is an ordinary directory
@@ -461,8 +531,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="encode a dataset of samples into a cache directory")
-    b.add_argument("--dataset", required=True, type=Path, help="samples JSONL file")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", type=Path, help="samples JSONL file")
+    src.add_argument(
+        "--lerobot", type=Path, help="LeRobot v3 dataset: one feature per (episode, frame)"
+    )
     b.add_argument("--out", required=True, type=Path)
+    b.add_argument(
+        "--cameras",
+        help="with --lerobot: cameras fed to the VL model, in this order, NAME,NAME (default:"
+        " the tuned VL's, else the dataset's)",
+    )
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
     _model_args(b)
     c = sub.add_parser("check", help="verify a cache against a model and preprocessing")
     c.add_argument("--cache", required=True, type=Path)
@@ -472,6 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        if args.cmd == "build" and args.lerobot is not None:
+            return _build_lerobot(args)
         if args.cmd == "build":
             # Everything the user gave is checked before the model loads
             # (seconds, or minutes for a 3B model on CPU).
@@ -499,6 +581,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     return 0
+
+
+def _build_lerobot(args: argparse.Namespace) -> int:
+    """`build --lerobot`: the dataset and cameras checked before the model loads; the tuned
+    VL directory's record (`vla_tuning.json`) gives the default cameras and image bounds."""
+    from policies.lerobot_dataset import LeRobotDataset
+
+    check_output(args.out)
+    dataset = LeRobotDataset.open(args.lerobot)
+    tuning = _tuning(args.vl_model)
+    if args.cameras:
+        cameras = [c.strip() for c in args.cameras.split(",") if c.strip()]
+    else:
+        cameras = list(tuning.get("cameras") or dataset.cameras)
+    dataset.require_cameras(cameras)
+    dataset.check()
+    recorded = tuning.get("preprocessing") or {}
+    if args.min_pixels is None and args.max_pixels is None and recorded:
+        args.min_pixels, args.max_pixels = recorded.get("min_pixels"), recorded.get("max_pixels")
+    encoder = encoder_from_args(args)
+    out = build_lerobot_cache(encoder, dataset, cameras, args.out, progress=not args.no_progress)
+    print(
+        f"built {out} ({dataset.total_frames} frames of {len(dataset.episodes)} episodes,"
+        f" cameras {cameras}, model {encoder.fingerprint()})"
+    )
+    return 0
+
+
+def _tuning(vl_model: str | None) -> dict[str, Any]:
+    """A tuned VL directory's `vla_tuning.json` (written by `policies.train vl`), or {}."""
+    if not vl_model:
+        return {}
+    try:
+        data = json.loads((Path(vl_model) / "vla_tuning.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 if __name__ == "__main__":

@@ -157,13 +157,14 @@ class ActionModel(nn.Module):
         )
         self.expert = ActionExpert(config)
 
-    def forward(
+    def condition(
         self,
         vl: torch.Tensor,
         state: torch.Tensor | None = None,
         sensors: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """-> (B, horizon, action_dim), normalised action space."""
+        """The expert's conditioning vector (B, model_dim): what training's flow loss
+        and `forward` both start from."""
         extra: list[torch.Tensor] = []
         if self.robot_state is not None:
             if state is None:
@@ -173,4 +174,13 @@ class ActionModel(nn.Module):
             if sensors is None:
                 raise ValueError("this model needs sensor values")
             extra.append(self.sensor(sensors))
-        return self.expert(self.expert.condition(vl, extra))
+        return self.expert.condition(vl, extra)
+
+    def forward(
+        self,
+        vl: torch.Tensor,
+        state: torch.Tensor | None = None,
+        sensors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """-> (B, horizon, action_dim), normalised action space."""
+        return self.expert(self.condition(vl, state, sensors))

@@ -29,6 +29,9 @@ CONFIG_FILE = "config.json"
 ENCODERS_FILE = "encoders.safetensors"
 EXPERT_FILE = "action_expert.safetensors"
 VL_DIR = "vl_model"
+#: Where a training run keeps its resume state beside the weights (never copied into a
+#: checkpoint's vl_model/, never read at run time).
+TRAINING_DIR = "training"
 
 
 def _split(model: ActionModel) -> dict[str, dict[str, torch.Tensor]]:
@@ -56,7 +59,9 @@ def save_checkpoint(
         target = out / VL_DIR
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(vl_model_dir, target)
+        # A tuned VL directory (`policies.train vl`) keeps its resume state in a
+        # `training/` folder: run-time loading never needs it.
+        shutil.copytree(vl_model_dir, target, ignore=shutil.ignore_patterns(TRAINING_DIR))
         config = _replace_vl(config, VL_DIR)
     for name, tensors in _split(model).items():
         save_file(tensors, str(out / name), metadata={"format": "pt"})

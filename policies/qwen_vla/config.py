@@ -15,7 +15,9 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+import numpy as np
 
 from drivers.options import option, validate
 from policies.errors import CheckpointError, PolicyConfigError
@@ -133,6 +135,35 @@ class ActionSpace:
         if self.kind == "absolute" and self.norm is None:
             raise ValueError("action space 'absolute' needs norm statistics")
 
+    #: Largest |ratio| a delta target is clipped to before atanh (atanh(1 - 1e-3) = 3.8).
+    RATIO_LIMIT: ClassVar[float] = 1.0 - 1e-3
+
+    def to_targets(self, positions: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The network's normalised output (..., horizon, dof) -> absolute joint targets.
+
+        `positions` (dof,) or (..., 1, dof) is the state the output was computed from.
+        The one definition run time (`QwenVLAPolicy.act`) and training (`from_targets`,
+        its inverse) share.
+        """
+        out = np.asarray(out, dtype=np.float64)
+        if self.kind == "delta":
+            return np.asarray(positions, dtype=np.float64) + self.max_delta * np.tanh(out)
+        assert self.norm is not None
+        return out * np.asarray(self.norm.std) + np.asarray(self.norm.mean)
+
+    def from_targets(self, positions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Absolute joint targets -> the normalised output that `to_targets` maps back to them.
+
+        A delta beyond `max_delta` cannot be reached: its ratio is clipped to
+        +-`RATIO_LIMIT` first (the output is then as close as tanh allows).
+        """
+        targets = np.asarray(targets, dtype=np.float64)
+        if self.kind == "delta":
+            ratio = (targets - np.asarray(positions, dtype=np.float64)) / self.max_delta
+            return np.arctanh(np.clip(ratio, -self.RATIO_LIMIT, self.RATIO_LIMIT))
+        assert self.norm is not None
+        return (targets - np.asarray(self.norm.mean)) / np.asarray(self.norm.std)
+
 
 @dataclass(frozen=True)
 class VLAConfig:
@@ -156,6 +187,10 @@ class VLAConfig:
     action_space: ActionSpace = field(default_factory=ActionSpace)
     vl_fingerprint: str | None = None
     joint_names: tuple[str, ...] | None = None
+    #: The cameras the policy was trained on, in the order their images were fed to the VL
+    #: model (a dataset's camera names). None: any cameras (an untrained policy, or a
+    #: checkpoint from before this field), fed in the order the controller lists them.
+    cameras: tuple[str, ...] | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -196,6 +231,11 @@ class VLAConfig:
                 raise ValueError(
                     f"sensor_norm has {self.sensor_norm.dim} entries, sensors have {self.sensor_dim}"
                 )
+        if self.cameras is not None:
+            if not self.cameras or not all(isinstance(c, str) and c for c in self.cameras):
+                raise ValueError(f"cameras must be non-empty names, got {list(self.cameras)!r}")
+            if len(set(self.cameras)) != len(self.cameras):
+                raise ValueError(f"cameras must be distinct, got {list(self.cameras)}")
         norm = self.action_space.norm
         if norm is not None and norm.dim != self.action_dim:
             raise ValueError(f"action norm has {norm.dim} entries, action_dim is {self.action_dim}")
@@ -240,8 +280,11 @@ class VLAConfig:
             raw["state_inputs"] = tuple(raw["state_inputs"])
         if "sensors" in raw:
             raw["sensors"] = tuple((str(n), d) for n, d in raw["sensors"])
-        if raw.get("joint_names") is not None:
-            raw["joint_names"] = tuple(raw["joint_names"])
+        for key in ("joint_names", "cameras"):
+            if raw.get(key) is not None:
+                if not isinstance(raw[key], list):
+                    raise ValueError(f"{key} must be a list of names, got {raw[key]!r:.80}")
+                raw[key] = tuple(raw[key])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

@@ -20,6 +20,7 @@ import torch
 from drivers.base import Frame, RobotInfo, RobotState, SensorReading
 from policies.base import parse_options
 from policies.errors import CheckpointError, PolicyConfigError, PolicyError
+from policies.lerobot_dataset import sanitize_camera
 from policies.qwen_vla import checkpoint as ckpt
 from policies.qwen_vla.action_expert import ActionModel, check_parameter_budget
 from policies.qwen_vla.config import ActionSpace, NormStats, QwenVLAOptions, VLAConfig
@@ -87,6 +88,19 @@ def default_config(
     return config
 
 
+def preload_vision_stack() -> None:
+    """Import the VL preprocessing stack now, while the policy is configured, before any
+    driver connects.
+
+    `qwen_vl_utils` imports torchvision, which imports triton, whose library carries its
+    own LLVM. Loaded after Mesa's EGL has started (the sim camera's MuJoCo renderer,
+    which runs on Mesa's LLVM), it crashes the process with a segmentation fault
+    (measured: `python -m controller --robot sim --camera sim://front`); loaded before,
+    both work. It would be imported at the first encode anyway.
+    """
+    import qwen_vl_utils  # noqa: F401
+
+
 class QwenVLAPolicy:
     """Qwen2.5-VL features + state/sensor encoders + action expert -> joint targets."""
 
@@ -107,6 +121,7 @@ class QwenVLAPolicy:
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> QwenVLAPolicy:
         opts = parse_options(QwenVLAOptions, options, what="qwen-vla")
+        preload_vision_stack()
         if opts.checkpoint:
             extra = opts.shape_options()
             if extra:
@@ -183,7 +198,25 @@ class QwenVLAPolicy:
             raise PolicyError("qwen-vla: encode_vl called before load")
         if not frames:
             raise PolicyError("qwen-vla: encode_vl needs at least one frame")
+        if self.config is not None and self.config.cameras is not None:
+            frames = self._in_trained_order(frames, self.config.cameras)
         return self.encoder.encode([f.image for f in frames], instruction)
+
+    def _in_trained_order(self, frames: Sequence[Frame], cameras: Sequence[str]) -> list[Frame]:
+        """The frames in the order of the cameras the checkpoint was trained on.
+
+        The same cameras listed in another order are put in the trained order (the
+        features depend on the order); any other set of cameras is refused, naming both.
+        Names compare as a dataset stores them (`sanitize_camera`).
+        """
+        by_name = {sanitize_camera(f.camera): f for f in frames}
+        if len(by_name) != len(frames) or set(by_name) != set(cameras):
+            raise PolicyError(
+                f"qwen-vla: checkpoint {self.options.checkpoint} was trained on cameras"
+                f" {list(cameras)}; the controller gives frames of"
+                f" {[f.camera for f in frames]} (run it with exactly those cameras)"
+            )
+        return [by_name[c] for c in cameras]
 
     def act(
         self,
@@ -209,12 +242,7 @@ class QwenVLAPolicy:
         sensor_t = self._sensor_tensor(sensors) if config.sensor_enabled else None
         with torch.inference_mode():
             out = model(vl, state_t, sensor_t)[0].to(torch.float64).cpu().numpy()
-        space = config.action_space
-        if space.kind == "delta":
-            targets = positions[None, :] + space.max_delta * np.tanh(out)
-        else:
-            assert space.norm is not None
-            targets = out * np.asarray(space.norm.std) + np.asarray(space.norm.mean)
+        targets = config.action_space.to_targets(positions[None, :], out)
         return np.clip(targets, robot.limits.lower, robot.limits.upper)
 
     def _state_tensor(self, state: RobotState) -> torch.Tensor:

@@ -208,6 +208,10 @@ class VLEncoder:
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
+    def forget_fingerprint(self) -> None:
+        """The weights changed (training): the next `fingerprint()` hashes them again."""
+        self._fingerprint = None
+
     def identity(self) -> dict[str, Any]:
         """What a VL cache manifest records and checks."""
         return {
@@ -258,6 +262,20 @@ class VLEncoder:
             images.extend(image_inputs or [])
         return self.processor(text=texts, images=images, padding=True, return_tensors="pt")
 
+    def pool(self, inputs: Any) -> torch.Tensor:
+        """Model forward and pooling, under whatever grad mode the caller chose.
+
+        The one definition of the feature: `forward` runs it under inference mode for
+        real time and the cache; VL tuning (`policies.train vl`) runs it with gradients.
+        """
+        out = self.model(
+            **inputs,
+            output_hidden_states=True,
+            use_cache=False,
+            logits_to_keep=1,  # the logits are never used: skip the vocab projection
+        )
+        return masked_mean_pool(out.hidden_states[-1], inputs["attention_mask"])
+
     def forward(self, inputs: Any) -> torch.Tensor:
         """Model forward and pooling -> (B, 1, hidden) float32 on the encoder's device."""
         inputs = inputs.to(self.device)
@@ -267,13 +285,7 @@ class VLEncoder:
             else nullcontext()
         )
         with torch.inference_mode(), autocast:
-            out = self.model(
-                **inputs,
-                output_hidden_states=True,
-                use_cache=False,
-                logits_to_keep=1,  # the logits are never used: skip the vocab projection
-            )
-            return masked_mean_pool(out.hidden_states[-1], inputs["attention_mask"])
+            return self.pool(inputs)
 
     def encode(self, images: Sequence[np.ndarray], instruction: str) -> torch.Tensor:
         """One sample -> (1, 1, hidden). The function both real time and the cache call."""
