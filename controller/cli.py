@@ -42,7 +42,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from controller.config import DEFAULT_POLICY, RunConfig, as_table, from_mapping, load_file
-from controller.errors import USER_ERRORS
+from controller.errors import USER_ERRORS, describe, one_line
 from controller.executor import ComputeExecutor
 from controller.runtime import Controller
 from controller.settings import add_flags, apply_flags, describe_settings
@@ -69,7 +69,6 @@ RESUME_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
 #: controller's own bounded shutdown, before the exit watchdog forces it.
 EXIT_GRACE_S = 5.0
 #: Longest message printed: a repr of a huge array must not flood the terminal.
-_MAX_MESSAGE = 1000
 #: Seconds the recorder may take after the run to write its backlog and save the
 #: episode (the arm is already stopped by then); the exit watchdog allows for it.
 RECORD_CLOSE_S = 30.0
@@ -481,20 +480,6 @@ def _exit_grace(controller: Controller, recorder: Recorder | None = None) -> flo
     return 4 * controller.config.stop_timeout + EXIT_GRACE_S + recording
 
 
-def _one_line(text: str) -> str:
-    """A message as one bounded line: exceptions from libraries may span many."""
-    line = "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
-    return line if len(line) <= _MAX_MESSAGE else line[: _MAX_MESSAGE - 3] + "..."
-
-
-def describe(exc: BaseException) -> str:
-    """`TypeName: message`, one line; an exception group names each of its leaves."""
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe(e) for e in exc.exceptions)
-    message = _one_line(str(exc))
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
 def _loop_factory(no_uvloop: bool) -> Any:
     if no_uvloop:
         return None
@@ -555,7 +540,7 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
         try:
             print(policies.describe_options(args.policy or DEFAULT_POLICY))
         except USER_ERRORS as exc:
-            print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
             return EXIT_USAGE
         return EXIT_OK
     try:
@@ -568,7 +553,7 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
             propose_instruction(controller)
         recorder = _recorder(run, controller)
     except USER_ERRORS as exc:
-        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
         # A plugin's constructor may raise anything on options it dislikes;
@@ -598,7 +583,7 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
             summary = runner.run(_run(controller, run.duration, router, watchdog, recorder))
             code = router.exit_code(EXIT_OK)
         except USER_ERRORS as exc:
-            print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
             code = EXIT_USAGE
         except (KeyboardInterrupt, asyncio.CancelledError):
             print(f"{prog}: interrupted", file=sys.stderr)
@@ -630,7 +615,7 @@ def _main(argv: Sequence[str] | None, router: SignalRouter, watchdog: ExitWatchd
                 f"the recording to {str(recorder.root)!r} did not finish within"
                 f" {RECORD_CLOSE_S:g} s; the episode may not be saved"
             )
-            print(f"{prog}: {_one_line(str(problem))}", file=sys.stderr)
+            print(f"{prog}: {one_line(str(problem))}", file=sys.stderr)
             code = code or EXIT_FAILED
     watchdog.code = code
     print(format_summary(summary))

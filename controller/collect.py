@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from controller.errors import ConfigError
+from controller.errors import ConfigError, describe, one_line
 from controller.settings import add_flags, apply_flags
 from drivers.errors import DriverConfigError
 from drivers.options import build, option, validate
@@ -491,12 +491,12 @@ def _expert(seed: int) -> Any:
 
 
 def _describe(exc: BaseException) -> str:
+    """`describe`, but an invariant the harness caught is named as such."""
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(e) for e in exc.exceptions)
-    text = " ".join(str(exc).split())
     if isinstance(exc, AssertionError):
-        return f"the controller broke an invariant: {text[:500]}"
-    return f"{type(exc).__name__}: {text[:500]}" if text else type(exc).__name__
+        return f"the controller broke an invariant: {one_line(exc, 500)}"
+    return describe(exc)
 
 
 # --------------------------------------------------------------------------

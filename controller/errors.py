@@ -34,3 +34,21 @@ __all__ = [
     "ProtocolError",
     "WarmupError",
 ]
+
+
+#: Longest message a tool prints for one error: library exceptions can be pages long.
+MAX_MESSAGE = 1000
+
+
+def one_line(text: object, limit: int = MAX_MESSAGE) -> str:
+    """A message as one bounded line: exceptions from libraries may span many."""
+    line = "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def describe(exc: BaseException) -> str:
+    """`TypeName: message`, one line; an exception group names each of its leaves."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in exc.exceptions)
+    message = one_line(str(exc))
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

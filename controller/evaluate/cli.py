@@ -27,7 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from controller.errors import USER_ERRORS, PolicyError
+from controller.errors import USER_ERRORS, PolicyError, describe
+from controller.errors import one_line as error_line
 from controller.evaluate.episodes import (
     PRIVILEGED_POLICIES,
     EvalSpec,
@@ -57,7 +58,6 @@ VIEWS = ("front", "top", "wrist")
 MAX_EPISODES = 100_000
 #: Largest world seed (`WorldConfig.seed`).
 MAX_SEED = 2**63 - 1
-_MAX_MESSAGE = 1000
 
 
 class UsageError(Exception):
@@ -245,21 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_line(text: str) -> str:
-    line = "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
-    return line if len(line) <= _MAX_MESSAGE else line[: _MAX_MESSAGE - 3] + "..."
-
-
-def describe(exc: BaseException) -> str:
-    """`TypeName: message` on one line; a wrapped policy error names its cause too."""
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe(e) for e in exc.exceptions)
-    message = _one_line(str(exc))
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
 def _fail(code: int, message: str) -> int:
-    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+    print(f"{PROG}: error: {error_line(message)}", file=sys.stderr)
     return code
 
 
