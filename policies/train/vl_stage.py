@@ -44,6 +44,7 @@ from policies.train.data import (
     EpisodeStore,
     choose_action_space,
     chunk_targets,
+    cubes_xy,
     named_cube_xy,
     norm_stats,
 )
@@ -76,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=AUX_TARGETS,
         default="none",
         help="auxiliary target from observation.environment_state (training only):"
-        " named-cube-xy = the (x, y) of the cube the task names",
+        " named-cube-xy = the (x, y) of the cube the task names; cubes-xy = that, plus"
+        " every cube's (x, y) (the aux RMSE reported is the named cube's)",
     )
     p.add_argument("--aux-weight", type=common.positive_float, default=1.0, help="(1)")
     p.add_argument(
@@ -211,11 +213,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets = {e: chunk_targets(store.rows[e], args.horizon, space) for e in store.episodes}
     aux: dict[int, np.ndarray] = {}
     aux_mean = aux_std = np.zeros(0)
-    if args.aux_target == "named-cube-xy":
+    if args.aux_target in ("named-cube-xy", "cubes-xy"):
+        target_fn = named_cube_xy if args.aux_target == "named-cube-xy" else cubes_xy
         for e in store.episodes:
             env = store.rows[e].environment_state
             assert env is not None
-            aux[e] = named_cube_xy(env)
+            aux[e] = target_fn(env)
         train_xy = np.concatenate([aux[e] for e in split.train])
         aux_mean, aux_std = train_xy.mean(axis=0), np.maximum(train_xy.std(axis=0), 1e-3)
 
@@ -241,7 +244,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         action_space=space,
     )
     torch.manual_seed(args.seed)
-    heads = TuningHeads(head_config, 2 if aux else 0).to(args.device)
+    aux_dim = next(iter(aux.values())).shape[1] if aux else 0
+    heads = TuningHeads(head_config, aux_dim).to(args.device)
     heads.train()
     groups = common.param_groups([encoder.model, heads], args.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=args.lr)
@@ -311,9 +315,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{prefix}_action_rmse": float(np.sqrt(np.concatenate(act_err).mean())),
         }
         if aux_err:
-            sq = np.concatenate(aux_err)
-            xy = np.concatenate([aux[e][k][None] for e, k in samples])
+            # The named cube's (x, y) are the first two outputs of either target.
+            every_sq = np.concatenate(aux_err)
+            every_xy = np.concatenate([aux[e][k][None] for e, k in samples])
+            sq, xy = every_sq[:, :2], every_xy[:, :2]
             metrics[f"{prefix}_aux_rmse_m"] = float(np.sqrt(sq.mean()))
+            if every_sq.shape[1] > 2:
+                metrics[f"{prefix}_aux_cubes_rmse_m"] = float(np.sqrt(every_sq[:, 2:].mean()))
             var = xy.var(axis=0)
             # R2 per axis (x, y); undefined when the cubes never move in these frames.
             metrics[f"{prefix}_aux_r2"] = [
@@ -322,7 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ]
             if prefix == "val":
                 metrics["val_aux_rmse_mean_predictor_m"] = float(
-                    np.sqrt(((xy - aux_mean) ** 2).mean())
+                    np.sqrt(((xy - aux_mean[:2]) ** 2).mean())
                 )
         return metrics
 

@@ -12,6 +12,7 @@ from policies.train.data import (
     choose_action_space,
     chunk_indices,
     chunk_targets,
+    cubes_xy,
     named_cube_xy,
     split_episodes,
 )
@@ -89,6 +90,13 @@ def test_named_cube_xy_follows_the_target_index():
     env[1, 4:6] = (3, 4)  # green
     env[1, 12] = 1
     assert named_cube_xy(env).tolist() == [[5, 6], [3, 4]]
+
+
+def test_cubes_xy_is_the_named_cube_then_every_cube_in_colour_order():
+    env = np.zeros((1, 14))
+    env[0, 0:2], env[0, 4:6], env[0, 8:10] = (1, 2), (3, 4), (5, 6)
+    env[0, 12] = 1  # green
+    assert cubes_xy(env).tolist() == [[3, 4, 1, 2, 3, 4, 5, 6]]
 
 
 def test_split_is_by_episode_seeded_and_disjoint():
