@@ -117,6 +117,20 @@ def chunk_targets(rows: EpisodeRows, horizon: int, space: ActionSpace) -> np.nda
     return out.astype(np.float32)
 
 
+def perturb_states(
+    space: ActionSpace,
+    states: np.ndarray,
+    chunks: np.ndarray,
+    std: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(states + noise, the chunks relabelled so they command the same joint targets from the
+    noisy states): a corrective label, "from here, go where the expert was going"."""
+    commands = space.to_targets(states[:, None, :].astype(np.float64), chunks)
+    noisy = states + rng.normal(0.0, std, states.shape)
+    return noisy, space.from_targets(noisy[:, None, :], commands)
+
+
 #: `observation.environment_state` layout (drivers/sim/task.py `ObjectReading`):
 #: per cube x, y, z, yaw in COLOURS order, then the target index, then the conveyor speed.
 CUBE_FIELDS = 4

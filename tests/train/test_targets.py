@@ -14,6 +14,7 @@ from policies.train.data import (
     chunk_targets,
     cubes_xy,
     named_cube_xy,
+    perturb_states,
     split_episodes,
 )
 
@@ -116,3 +117,18 @@ def test_feature_lag_stays_within_the_episode_and_the_bound():
     assert set(lags) == {0, 1, 2, 3}
     assert {lagged_frame(1, 3, rng) for _ in range(100)} == {0, 1}
     assert lagged_frame(7, 0, rng) == 7
+
+
+def test_perturbed_states_keep_the_commands():
+    """--state-noise: from the noisy state the relabelled chunk reaches the same targets."""
+    rng = np.random.default_rng(0)
+    space = ActionSpace(kind="delta", max_delta=0.5)
+    states = rng.uniform(-1, 1, (5, 6))
+    chunks = rng.uniform(-1, 1, (5, 8, 6))
+    noisy, relabelled = perturb_states(space, states, chunks, 0.02, rng)
+    assert np.abs(noisy - states).max() > 1e-3
+    np.testing.assert_allclose(
+        space.to_targets(noisy[:, None, :], relabelled),
+        space.to_targets(states[:, None, :], chunks),
+        atol=1e-9,
+    )
