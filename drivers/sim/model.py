@@ -52,8 +52,10 @@ CUBE_RGBA = {"red": "0.85 0.1 0.1 1", "green": "0.1 0.7 0.15 1", "blue": "0.1 0.
 #: Why: the tiny VL's vision tower has relative (rotary) positions only and its
 #: features are mean-pooled, so a token says what it shows but not where; on the
 #: mat, the patch that shows a cube also shows the colour of the place under it,
-#: which makes position a local feature (measured: the named cube's (x, y) is
-#: learnt several times faster). Printed workspace mats are ordinary on real
+#: which makes position a local feature. Measured (400 expert episodes, VL tuned
+#: 2000 steps at 112 px): the named cube's (x, y) on held-out episodes to 0.025 m
+#: RMSE with the mat, 0.032 m without (with 150 episodes the mat did worse:
+#: easier to memorise layouts). Printed workspace mats are ordinary on real
 #: cells; a pretrained 3B VL would not need one. It covers the cubes' region
 #: (`drivers.sim.task.REGION_X/Y`) with a margin.
 MAT_X = (-0.80, -0.20)
