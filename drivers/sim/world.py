@@ -42,7 +42,14 @@ from drivers.base import now
 from drivers.errors import ConnectionLost, DriverConfigError, DriverError, NotReady
 from drivers.options import option, validate
 from drivers.sim import GL_BACKEND, GL_FIX
-from drivers.sim.model import COLOURS, TIMESTEP, TOOL_SITE, VIEW_NAMES, scene_xml
+from drivers.sim.model import (
+    COLOURS,
+    TIMESTEP,
+    TOOL_SITE,
+    VIEW_NAMES,
+    mat_texture,
+    scene_xml,
+)
 from drivers.sim.task import (
     DEFAULT_CONVEYOR_SPEED,
     SUCCESS_DISTANCE,
@@ -121,6 +128,12 @@ class WorldConfig:
         high=3600.0,
         default_text="10 s",
     )
+    mat: bool | None = option(
+        None,
+        help="lay the workspace mat whose colour encodes position under the cubes"
+        " (drivers.sim.model.MAT_X/MAT_Y: what lets the tiny VL learn where a cube is)",
+        default_text="true",
+    )
 
     def __post_init__(self) -> None:
         validate(self, error=DriverConfigError)
@@ -150,6 +163,7 @@ class WorldConfig:
             target=self.target or "random",
             conveyor_speed=speed,
             episode_limit=10.0 if self.episode_limit is None else self.episode_limit,
+            mat=True if self.mat is None else self.mat,
         )
 
 
@@ -242,6 +256,15 @@ def _new_renderer(model: mujoco.MjModel, width: int, height: int) -> mujoco.Rend
     return mujoco.Renderer(model, height, width)
 
 
+def _fill_mat(model: mujoco.MjModel) -> None:
+    """Write the mat's image into its texture. Before any renderer: a renderer uploads
+    the textures once, when its GL context is made."""
+    tex = model.texture("mat")
+    image = mat_texture(int(model.tex_width[tex.id])).reshape(-1)
+    start = int(model.tex_adr[tex.id])
+    model.tex_data[start : start + image.size] = image
+
+
 def _rotvec(mat: np.ndarray) -> np.ndarray:
     quat = np.empty(4)
     mujoco.mju_mat2Quat(quat, np.ascontiguousarray(mat).reshape(9))
@@ -279,7 +302,11 @@ class SimWorld:
         self._speed = self._episode.conveyor_speed
         self._target_index = COLOURS.index(self._episode.target)
 
-        self.model = mujoco.MjModel.from_xml_string(scene_xml(conveyor=self._moving))
+        self.model = mujoco.MjModel.from_xml_string(
+            scene_xml(conveyor=self._moving, mat=bool(self.config.mat))
+        )
+        if self.config.mat:
+            _fill_mat(self.model)
         self._data = mujoco.MjData(self.model)
         self._tool = self.model.site(TOOL_SITE).id
         self._dof = 6

@@ -42,6 +42,7 @@ from policies.train.data import (
     chunk_targets,
     lagged_frame,
     norm_stats,
+    perturb_states,
 )
 from policies.train.rundir import TrainError
 
@@ -52,6 +53,7 @@ EXPERT_RUN_KEYS = (
     "flow_steps",
     "model_dim",
     "feature_lag",
+    "state_noise",
     "vl_fingerprint",
 )
 
@@ -84,6 +86,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0,
         help="train with features up to this many frames older than the state (0): the"
         " controller reuses features while the next encode runs",
+    )
+    p.add_argument(
+        "--state-noise",
+        type=common.non_negative_float,
+        default=0.0,
+        help="std dev (rad) of noise added to the training state, the chunk relabelled to reach"
+        " the expert's commands from the noisy state (0). Why: from its own position alone the"
+        " expert can tell which cube a demonstration goes to, so it learns to continue a path"
+        " rather than to read the images; off the demonstrated paths it then goes astray",
     )
     p.add_argument(
         "--stop-after",
@@ -259,8 +270,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for e, k in samples
         ]
         vl = features.batch(lagged).to(args.device)
-        state = torch.from_numpy(np.stack([store.rows[e].state[k] for e, k in samples]))
-        target = torch.from_numpy(np.stack([targets[e][k] for e, k in samples]))
+        states = np.stack([store.rows[e].state[k] for e, k in samples])
+        chunks = np.stack([targets[e][k] for e, k in samples])
+        if rng is not None and args.state_noise > 0:
+            states, chunks = perturb_states(space, states, chunks, args.state_noise, rng)
+        state = torch.from_numpy(states.astype(np.float32))
+        target = torch.from_numpy(chunks.astype(np.float32))
         return vl, state.to(args.device), target.to(args.device)
 
     def flow_loss(cond: torch.Tensor, target: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

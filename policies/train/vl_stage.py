@@ -35,15 +35,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from drivers.sim.task import COLOURS, instruction_for
 from policies.qwen_vla.action_expert import ActionModel
 from policies.qwen_vla.config import VLAConfig
 from policies.qwen_vla.vl_encoder import VLEncoder
 from policies.train import common, rundir
 from policies.train.data import (
     AUX_TARGETS,
+    CUBE_FIELDS,
+    N_CUBES,
     EpisodeStore,
     choose_action_space,
     chunk_targets,
+    cubes_xy,
     named_cube_xy,
     norm_stats,
 )
@@ -60,6 +64,7 @@ VL_RUN_KEYS = (
     "vl_model",
     "aux_target",
     "aux_weight",
+    "aux_swap",
     "head_dim",
     "freeze_vl",
 )
@@ -76,9 +81,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=AUX_TARGETS,
         default="none",
         help="auxiliary target from observation.environment_state (training only):"
-        " named-cube-xy = the (x, y) of the cube the task names",
+        " named-cube-xy = the (x, y) of the cube the task names; cubes-xy = that, plus"
+        " every cube's (x, y) (the aux RMSE reported is the named cube's)",
     )
     p.add_argument("--aux-weight", type=common.positive_float, default=1.0, help="(1)")
+    p.add_argument(
+        "--aux-swap",
+        type=common.fraction,
+        default=0.0,
+        help="fraction of training samples whose instruction is swapped for one naming another"
+        " cube, the aux target then that cube's (x, y) and no BC loss (0). Why: in most frames"
+        " the arm already heads to the named cube, so the aux probe can answer from the arm"
+        " and never learns to read the instruction (measured: the tuned VL's probe gave the"
+        " same answer for all three colours on a frame before the arm moved)",
+    )
     p.add_argument(
         "--head-dim", type=common.positive_int, default=128, help="width of the BC head (128)"
     )
@@ -153,10 +169,22 @@ class PreprocessMemo:
                 self.bytes -= sum(v.nbytes for v in old.values())
         return item
 
-    def batch(self, store: EpisodeStore, samples: Sequence[tuple[int, int]]) -> dict:
+    def batch(
+        self,
+        store: EpisodeStore,
+        samples: Sequence[tuple[int, int]],
+        instructions: Sequence[str | None] | None = None,
+    ) -> dict:
+        """The samples' model inputs; `instructions[i]`, when given and not None, replaces
+        sample i's own task."""
+        override = instructions or [None] * len(samples)
         items = [
-            self.get((e, k), lambda e=e, k=k: store.images(e, k), store.tasks[e])
-            for e, k in samples
+            self.get(
+                (e, k) if text is None else (e, k, text),
+                lambda e=e, k=k: store.images(e, k),
+                store.tasks[e] if text is None else text,
+            )
+            for (e, k), text in zip(samples, override, strict=True)
         ]
         return collate(items, self.pad_id)
 
@@ -197,6 +225,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prepared = common.prepare(args, args.cameras)
     args.cameras = prepared.cameras
     dataset, split = prepared.dataset, prepared.split
+    if args.aux_swap and args.aux_target == "none":
+        raise TrainError(
+            "--aux-swap needs an --aux-target (the swapped cube's place is its target)"
+        )
     if args.aux_target != "none" and not dataset.has_environment_state:
         raise TrainError(
             f"--aux-target {args.aux_target}: dataset {dataset.root} has no"
@@ -211,11 +243,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets = {e: chunk_targets(store.rows[e], args.horizon, space) for e in store.episodes}
     aux: dict[int, np.ndarray] = {}
     aux_mean = aux_std = np.zeros(0)
-    if args.aux_target == "named-cube-xy":
+    if args.aux_target in ("named-cube-xy", "cubes-xy"):
+        target_fn = named_cube_xy if args.aux_target == "named-cube-xy" else cubes_xy
         for e in store.episodes:
             env = store.rows[e].environment_state
             assert env is not None
-            aux[e] = named_cube_xy(env)
+            aux[e] = target_fn(env)
         train_xy = np.concatenate([aux[e] for e in split.train])
         aux_mean, aux_std = train_xy.mean(axis=0), np.maximum(train_xy.std(axis=0), 1e-3)
 
@@ -241,7 +274,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         action_space=space,
     )
     torch.manual_seed(args.seed)
-    heads = TuningHeads(head_config, 2 if aux else 0).to(args.device)
+    aux_dim = next(iter(aux.values())).shape[1] if aux else 0
+    heads = TuningHeads(head_config, aux_dim).to(args.device)
     heads.train()
     groups = common.param_groups([encoder.model, heads], args.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=args.lr)
@@ -270,17 +304,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["aux"] = torch.from_numpy(((xy - aux_mean) / aux_std).astype(np.float32))
         return {k: v.to(args.device) for k, v in out.items()}
 
-    def losses(samples: Sequence[tuple[int, int]]) -> tuple[dict[str, torch.Tensor], Any]:
-        inputs = {k: v.to(args.device) for k, v in memo.batch(store, samples).items()}
+    def swapped(samples: Sequence[tuple[int, int]], rng: np.random.Generator) -> list[int | None]:
+        """Per sample: None (its own instruction) or, with probability --aux-swap, the index
+        of another cube, drawn at random."""
+        out: list[int | None] = []
+        for e, k in samples:
+            named = round(float(store.rows[e].environment_state[k, N_CUBES * CUBE_FIELDS]))
+            if rng.random() < args.aux_swap:
+                out.append(int(rng.choice([c for c in range(N_CUBES) if c != named])))
+            else:
+                out.append(None)
+        return out
+
+    def losses(
+        samples: Sequence[tuple[int, int]], swap: Sequence[int | None] | None = None
+    ) -> tuple[dict[str, torch.Tensor], Any]:
+        swap = swap or [None] * len(samples)
+        texts = [None if c is None else instruction_for(COLOURS[c]) for c in swap]
+        batch = memo.batch(store, samples, texts)
+        inputs = {k: v.to(args.device) for k, v in batch.items()}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not args.freeze_vl):
             pooled = encoder.pool(inputs)
         t = tensors(samples)
         out = heads.action(pooled, t["state"])
-        result = {"bc": nn.functional.mse_loss(out, t["target"])}
+        own = torch.tensor([c is None for c in swap], device=out.device)
+        # The BC label belongs to the instruction the expert followed: swapped samples have none.
+        per_sample = ((out - t["target"]) ** 2).flatten(1).mean(dim=1)
+        result = {"bc": per_sample[own].mean() if bool(own.any()) else per_sample.sum() * 0.0}
         pred = None
         if heads.aux is not None:
             pred = heads.aux(pooled[:, 0, :])
-            result["aux"] = nn.functional.mse_loss(pred, t["aux"])
+            target = t["aux"].clone()
+            for i, ((e, k), c) in enumerate(zip(samples, swap, strict=True)):
+                if c is not None:  # the swapped cube's place, normalised like the named one
+                    env = store.rows[e].environment_state
+                    xy = env[k, c * CUBE_FIELDS : c * CUBE_FIELDS + 2]
+                    target[i, :2] = torch.from_numpy(
+                        ((xy - aux_mean[:2]) / aux_std[:2]).astype(np.float32)
+                    )
+            result["aux"] = nn.functional.mse_loss(pred, target)
         return result, (out, pred)
 
     def measure(samples: Sequence[tuple[int, int]], prefix: str) -> dict[str, Any]:
@@ -304,6 +366,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if pred is not None:
                     xy = np.stack([aux[e][k] for e, k in chunk])
                     aux_err.append((pred.cpu().numpy() * aux_std + aux_mean - xy) ** 2)
+            if aux and prefix == "val":
+                # Instruction grounding: the same frames, each naming the next cube; the probe
+                # should move to that cube (a probe that reads the arm instead stays put).
+                swap_err = []
+                for i in range(0, len(samples), args.batch):
+                    chunk = samples[i : i + args.batch]
+                    other = [
+                        (
+                            round(float(store.rows[e].environment_state[k, N_CUBES * CUBE_FIELDS]))
+                            + 1
+                        )
+                        % N_CUBES
+                        for e, k in chunk
+                    ]
+                    _, (_, spred) = losses(chunk, other)
+                    xy = np.stack(
+                        [
+                            store.rows[e].environment_state[
+                                k, c * CUBE_FIELDS : c * CUBE_FIELDS + 2
+                            ]
+                            for (e, k), c in zip(chunk, other, strict=True)
+                        ]
+                    )
+                    swap_err.append(
+                        (spred.cpu().numpy()[:, :2] * aux_std[:2] + aux_mean[:2] - xy) ** 2
+                    )
         heads.train()
         encoder.model.train()
         metrics: dict[str, Any] = {
@@ -311,9 +399,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{prefix}_action_rmse": float(np.sqrt(np.concatenate(act_err).mean())),
         }
         if aux_err:
-            sq = np.concatenate(aux_err)
-            xy = np.concatenate([aux[e][k][None] for e, k in samples])
+            # The named cube's (x, y) are the first two outputs of either target.
+            every_sq = np.concatenate(aux_err)
+            every_xy = np.concatenate([aux[e][k][None] for e, k in samples])
+            sq, xy = every_sq[:, :2], every_xy[:, :2]
             metrics[f"{prefix}_aux_rmse_m"] = float(np.sqrt(sq.mean()))
+            if every_sq.shape[1] > 2:
+                metrics[f"{prefix}_aux_cubes_rmse_m"] = float(np.sqrt(every_sq[:, 2:].mean()))
             var = xy.var(axis=0)
             # R2 per axis (x, y); undefined when the cubes never move in these frames.
             metrics[f"{prefix}_aux_r2"] = [
@@ -321,8 +413,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for m, v in zip(sq.mean(axis=0), var, strict=True)
             ]
             if prefix == "val":
+                metrics["val_aux_swapped_rmse_m"] = float(np.sqrt(np.concatenate(swap_err).mean()))
                 metrics["val_aux_rmse_mean_predictor_m"] = float(
-                    np.sqrt(((xy - aux_mean) ** 2).mean())
+                    np.sqrt(((xy - aux_mean[:2]) ** 2).mean())
                 )
         return metrics
 
@@ -387,7 +480,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = common.train_loop(
         args,
         start=start,
-        step_fn=lambda samples, rng: losses(samples)[0],
+        step_fn=lambda samples, rng: losses(
+            samples, swapped(samples, rng) if args.aux_swap else None
+        )[0],
         train_samples=train_samples,
         params=params,
         optimizer=optimizer,

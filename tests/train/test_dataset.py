@@ -158,6 +158,7 @@ def test_cli_missing_camera_and_missing_environment_state(syn, tmp_path, tiny_ca
     cases = [
         (syn, ["--cameras", "front,wrist"], "no camera 'wrist'"),
         (no_env, ["--aux-target", "named-cube-xy"], "has no observation.environment_state"),
+        (syn, ["--aux-swap", "0.5"], "--aux-swap needs an --aux-target"),
     ]
     for dataset, extra, message in cases:
         args = vl_args(dataset, tmp_path / "out", tiny_cache, "--steps", "1", *extra)

@@ -12,7 +12,9 @@ from policies.train.data import (
     choose_action_space,
     chunk_indices,
     chunk_targets,
+    cubes_xy,
     named_cube_xy,
+    perturb_states,
     split_episodes,
 )
 
@@ -91,6 +93,13 @@ def test_named_cube_xy_follows_the_target_index():
     assert named_cube_xy(env).tolist() == [[5, 6], [3, 4]]
 
 
+def test_cubes_xy_is_the_named_cube_then_every_cube_in_colour_order():
+    env = np.zeros((1, 14))
+    env[0, 0:2], env[0, 4:6], env[0, 8:10] = (1, 2), (3, 4), (5, 6)
+    env[0, 12] = 1  # green
+    assert cubes_xy(env).tolist() == [[3, 4, 1, 2, 3, 4, 5, 6]]
+
+
 def test_split_is_by_episode_seeded_and_disjoint():
     a = split_episodes(range(20), 0.2, seed=3)
     assert len(a.val) == 4 and not set(a.val) & set(a.train)
@@ -108,3 +117,18 @@ def test_feature_lag_stays_within_the_episode_and_the_bound():
     assert set(lags) == {0, 1, 2, 3}
     assert {lagged_frame(1, 3, rng) for _ in range(100)} == {0, 1}
     assert lagged_frame(7, 0, rng) == 7
+
+
+def test_perturbed_states_keep_the_commands():
+    """--state-noise: from the noisy state the relabelled chunk reaches the same targets."""
+    rng = np.random.default_rng(0)
+    space = ActionSpace(kind="delta", max_delta=0.5)
+    states = rng.uniform(-1, 1, (5, 6))
+    chunks = rng.uniform(-1, 1, (5, 8, 6))
+    noisy, relabelled = perturb_states(space, states, chunks, 0.02, rng)
+    assert np.abs(noisy - states).max() > 1e-3
+    np.testing.assert_allclose(
+        space.to_targets(noisy[:, None, :], relabelled),
+        space.to_targets(states[:, None, :], chunks),
+        atol=1e-9,
+    )

@@ -38,16 +38,26 @@ def test_separately_preprocessed_samples_batch_like_the_processor(syn, tiny_dir)
     assert mine["attention_mask"].min() == 0  # padding really happened
 
 
-def test_micro_run_loss_falls(syn, tiny_cache, tmp_path):
+@pytest.mark.parametrize(
+    ("aux", "swap"), [("named-cube-xy", "0"), ("cubes-xy", "0"), ("named-cube-xy", "0.5")]
+)
+def test_micro_run_loss_falls(syn, tiny_cache, tmp_path, aux, swap):
     out = tmp_path / "vl"
     args = vl_args(syn, out, tiny_cache, "--steps", "16", "--eval-every", "8", "--lr", "1e-3")
-    assert main([*args, "--aux-target", "named-cube-xy", "--json", str(tmp_path / "m.json")]) == 0
+    args += ["--aux-swap", swap]
+    assert main([*args, "--aux-target", aux, "--json", str(tmp_path / "m.json")]) == 0
     log = _log(out)
     assert [m["step"] for m in log] == [0, 8, 16]
     first, last = log[0], log[-1]
     # the same training frames in eval mode, before and after
     assert last["fit_bc"] < 0.7 * first["fit_bc"], (first, last)
     assert last["fit_aux_rmse_m"] < first["fit_aux_rmse_m"], (first, last)
+    if aux == "cubes-xy":  # every cube's place too, reported apart from the named cube's
+        assert last["fit_aux_cubes_rmse_m"] < first["fit_aux_cubes_rmse_m"], (first, last)
+    else:
+        assert "fit_aux_cubes_rmse_m" not in last
+    # instruction grounding: the probe's error when every validation frame names another cube
+    assert last["val_aux_swapped_rmse_m"] > 0
     result = json.loads((tmp_path / "m.json").read_text())
     assert result["step"] == 16 and result["metrics"]["val_aux_rmse_m"] > 0
 
