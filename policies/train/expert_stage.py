@@ -331,8 +331,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {**measure(fit_samples, "fit"), **measure(val_samples, "val")}
 
     def save(step: int, metrics: dict[str, Any]) -> None:
-        tmp = rundir.new_tmp(args.out)
-        try:
+        with rundir.staged(args.out) as tmp:
             ckpt.save_checkpoint(tmp, config, model.eval(), vl_model_dir=embed)
             model.train()
             run_record = {
@@ -347,12 +346,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             state = {"optimizer": optimizer.state_dict(), "step": step, "rng": rundir.rng_state()}
             rundir.write_training(tmp, run_record, state, log)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        rundir.publish(tmp, args.out)
 
     common.LOG.info(
         "expert: %d train episodes (%d frames), %d validation; %s features; head %s; %s",

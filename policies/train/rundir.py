@@ -19,12 +19,13 @@ Every save is a whole new directory written beside the old one and swapped in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,19 @@ def new_tmp(out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.saving-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is an ordinary one
     return tmp
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A save written into a fresh directory beside `out`, published at `out` only once
+    complete; a save that fails midway is removed and `out` keeps the previous one."""
+    tmp = new_tmp(out)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish(tmp, out)
 
 
 def write_training(tmp: Path, run: Mapping[str, Any], state: Mapping[str, Any], log: list) -> None:

@@ -426,8 +426,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def save(step: int, metrics: dict[str, Any]) -> None:
         encoder.forget_fingerprint()
-        tmp = rundir.new_tmp(args.out)
-        try:
+        with rundir.staged(args.out) as tmp:
             encoder.model.save_pretrained(tmp)
             encoder.processor.save_pretrained(tmp)
             tuning = {
@@ -462,12 +461,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "rng": rundir.rng_state(),
             }
             rundir.write_training(tmp, run_record, state, log)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        rundir.publish(tmp, args.out)
 
     common.LOG.info(
         "vl: %d train episodes (%d frames), %d validation episodes; cameras %s; action space %s",
