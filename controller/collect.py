@@ -356,31 +356,22 @@ class Collector:
         """One episode recorded and saved; None when a stop request cut it short (discarded)."""
         from controller.harness import ControllerHarness
         from controller.recording import feed
-        from drivers.sim.camera import SimCamera
-        from drivers.sim.config import SimCameraConfig, SimRobotConfig, SimSensorConfig
-        from drivers.sim.robot import SimRobot
-        from drivers.sim.sensor import SimSensor
+        from drivers.sim.rig import build_rig
 
         cfg = self.config
         rec = self.recorder
         name = f"collect-{os.getpid()}-{id(self)}-{index}"
         world_cfg = cfg.world(seed)
         plan = plan_episode(world_cfg, name)
-        drivers: list[Any] = []
+        rig = await build_rig(
+            name, world_cfg, views=cfg.cameras, size=cfg.size, fps=cfg.fps, sensor=True
+        )
+        robot = rig.robot
         try:
-            robot = SimRobot(SimRobotConfig(world=name, options=world_cfg))
-            drivers.append(robot)
-            for view in cfg.cameras:
-                cam = SimCameraConfig(
-                    view=view, world=name, width=cfg.size, height=cfg.size, fps=cfg.fps
-                )
-                drivers.append(SimCamera(cam))
-            sensor = SimSensor(SimSensorConfig(world=name))
-            drivers.append(sensor)
             harness = ControllerHarness(
                 robot=robot,
-                cameras=drivers[1:-1],
-                sensors=[sensor],
+                cameras=list(rig.cameras),
+                sensors=rig.sensors,
                 policy=self.make_policy(seed),
                 executor=self._executor(),
                 hz=float(cfg.fps),
@@ -388,8 +379,7 @@ class Collector:
                 vl_latency=0.0 if cfg.real_time else 0.5 / cfg.fps,
             )
         except BaseException:
-            for d in drivers:
-                await d.close()  # release their share of the world
+            await rig.close()  # release their share of the world
             raise
         world = robot.world
         settle_at: float | None = None
@@ -421,8 +411,7 @@ class Collector:
             raise
         finally:
             self._harness = None
-            for d in drivers:  # the controller closed those it entered; safe twice
-                await d.close()
+            await rig.close()  # the controller closed those it entered; safe twice
         wall = time.monotonic() - t0
         if self._stop_reason is not None:
             rec.discard_episode()

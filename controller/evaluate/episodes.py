@@ -39,10 +39,8 @@ from controller.runtime import ControllerConfig, Phase, VLMode
 from controller.safety import SafetyConfig
 from drivers.arms import arm_info
 from drivers.base import Frame, RobotInfo
-from drivers.sim.camera import SimCamera
-from drivers.sim.config import SimCameraConfig, SimRobotConfig, SimSensorConfig
-from drivers.sim.robot import SimRobot
-from drivers.sim.sensor import SimSensor
+from drivers.sim.config import SimCameraConfig, SimRobotConfig
+from drivers.sim.rig import build_rig
 from drivers.sim.task import COLOURS, instruction_for
 from drivers.sim.world import Episode, WorldConfig, plan_episode
 
@@ -223,32 +221,21 @@ async def run_episode(
     name = f"eval-{os.getpid()}-{next(_episode_names)}"
     options = spec.world(seed)
     episode = plan_episode(options, name)
-    made: list[Any] = []
+    rig = await build_rig(
+        name,
+        options,
+        views=spec.cameras,
+        size=spec.image_size,
+        fps=spec.camera_fps,
+        sensor=spec.privileged_sensor,
+    )
     try:
-        robot = SimRobot(SimRobotConfig(world=name, options=options))
-        made.append(robot)
-        for view in spec.cameras:
-            cam_config = SimCameraConfig(
-                view=view,  # type: ignore[arg-type]
-                world=name,
-                width=spec.image_size,
-                height=spec.image_size,
-                fps=spec.camera_fps,
-            )
-            made.append(SimCamera(cam_config))
-        if spec.privileged_sensor:
-            made.append(SimSensor(SimSensorConfig(world=name)))
-    except BaseException:
-        for driver in made:  # each holds a share of the world: give it back
-            await driver.close()
-        raise
-    try:
-        world = robot.world
+        world = rig.world
         executor = ComputeExecutor(device) if spec.real_time else SimulatedExecutor(device)
         harness = ControllerHarness(
-            robot=robot,
-            cameras=[d for d in made if isinstance(d, SimCamera)],
-            sensors=[d for d in made if isinstance(d, SimSensor)],
+            robot=rig.robot,
+            cameras=list(rig.cameras),
+            sensors=rig.sensors,
             policy=policy,
             executor=executor,
             hz=spec.hz,
@@ -278,8 +265,7 @@ async def run_episode(
     finally:
         # The controller closes the drivers it entered; one a failed start never
         # reached still holds its share of the world (closing twice is harmless).
-        for driver in made:
-            await driver.close()
+        await rig.close()
     outcome = world.outcome()
     telemetry = harness.controller.telemetry
     ages = tuple(a.feature_age * 1e3 for a in telemetry.actions)
