@@ -12,8 +12,13 @@ stream at the higher priority, so its kernels are scheduled ahead of a
 running encode's), and a job's result is returned only after its stream has
 finished, so a tensor handed from the VL lane to the action lane is complete.
 
-The event loop only ever awaits futures: nothing here blocks it. Exceptions
-raised by a job come back on its awaitable; the worker lives on.
+The event loop only ever awaits futures: nothing here blocks it, except
+`run_inline`, which the caller asks for by name: it runs a job on the calling
+thread (the loop's), in the lane's device context, for a job measured to be
+shorter than the hand-off to a worker would cost (see
+`controller.action_path`). A lane never runs two jobs at once, inline
+included (`LaneBusy`). Exceptions raised by a job come back on its
+awaitable; the worker lives on.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
+from controller.clock import precise_time
 from controller.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,13 +46,26 @@ class Lane(enum.Enum):
 
 
 class Executor(Protocol):
-    """What the controller needs from an executor (the test harness has a simulated one)."""
+    """What the controller needs from an executor (the test harness has a simulated one).
+
+    An executor may also offer the timed and inline calls the action path
+    uses (`run_timed`, `run_inline`: see `ComputeExecutor`); without them
+    every action goes to the action lane.
+    """
 
     device: str
 
     async def start(self) -> str: ...
     async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T: ...
     async def close(self) -> None: ...
+
+
+class LaneBusy(RuntimeError):
+    """`run_inline` refused: the lane is still running a job (one abandoned by a timeout).
+
+    Running the job inline beside it would call into the same model from two
+    threads at once; the caller queues it on the lane instead.
+    """
 
 
 def default_cpu_threads() -> int:
@@ -121,6 +140,8 @@ class ComputeExecutor:
         self._pools: dict[Lane, ThreadPoolExecutor] = {}
         self._streams: dict[Lane, Any] = {}
         self._local = threading.local()
+        #: Held while a lane's job runs, on its worker or inline: one job per lane at a time.
+        self._running = {lane: threading.Lock() for lane in Lane}
         self._closed = False
         self.jobs = {lane: 0 for lane in Lane}
         self.failures = {lane: 0 for lane in Lane}
@@ -163,18 +184,33 @@ class ComputeExecutor:
         self._streams[lane] = stream
         self._local.stream = stream
 
-    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        result = fn(*args)
-        stream = getattr(self._local, "stream", None)
-        if stream is not None:
-            stream.synchronize()  # releases the GIL while the GPU finishes
-        return result
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[T, float]:
+        """On a lane's worker: the job and the seconds it took (its stream finished included)."""
+        with self._running[self._local.lane]:
+            start = precise_time()
+            result = fn(*args)
+            stream = getattr(self._local, "stream", None)
+            if stream is not None:
+                stream.synchronize()  # releases the GIL while the GPU finishes
+            return result, precise_time() - start
 
-    async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T:
+    def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("compute executor is closed")
         if not self._pools:
             raise RuntimeError("compute executor not started")
+
+    async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T:
+        return (await self.run_timed(lane, fn, *args))[0]
+
+    async def run_timed(self, lane: Lane, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """`run`, also returning the seconds the job itself took on its worker.
+
+        That time excludes the queueing and the two thread hand-offs (the
+        worker taking the job, the loop taking the result back), which are
+        what an inline call saves.
+        """
+        self._check_open()
         self.jobs[lane] += 1
         loop = asyncio.get_running_loop()
         try:
@@ -182,6 +218,38 @@ class ComputeExecutor:
         except Exception:
             self.failures[lane] += 1
             raise
+
+    def run_inline(self, lane: Lane, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """Run `fn(*args)` now, on the calling thread, in `lane`'s device context; blocks for it.
+
+        Called from the event loop, this stops the loop for the job's whole
+        duration (on CUDA until the lane's stream has finished, the same
+        guarantee `run` gives): only for jobs measured to be short. Raises
+        `LaneBusy` while the lane's worker is still running a job. Returns the
+        result and the seconds it took.
+        """
+        self._check_open()
+        if not self._running[lane].acquire(blocking=False):
+            raise LaneBusy(f"the {lane.value} lane is still running a job")
+        try:
+            self.jobs[lane] += 1
+            start = precise_time()
+            stream = self._streams.get(lane)
+            try:
+                if stream is None:
+                    result = fn(*args)
+                else:
+                    import torch
+
+                    with torch.cuda.stream(stream):  # this thread's current stream, for this job
+                        result = fn(*args)
+                    stream.synchronize()
+            except Exception:
+                self.failures[lane] += 1
+                raise
+            return result, precise_time() - start
+        finally:
+            self._running[lane].release()
 
     async def close(self) -> None:
         """Stop taking work; wait (off the loop, bounded) for running jobs to finish."""

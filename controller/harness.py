@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from controller.executor import Lane
+from controller.clock import VirtualTimeLoop
+from controller.executor import Lane, LaneBusy
 from controller.invariants import InvariantChecker, instrument
 from controller.runtime import Controller, ControllerConfig
 from drivers.base import CameraDriver, RobotDriver, SensorDriver
@@ -39,10 +41,18 @@ class SimulatedExecutor:
     inline (fakes are cheap) and then occupies its lane for the seconds it
     `charge()`d, so a 300 ms fake encode blocks the VL lane, and only it, for
     300 virtual ms.
+
+    `handoff` (seconds, or a function drawing them per job) adds what
+    reaching a worker thread and coming back costs to every lane job, without
+    counting it in the job's own time: a contended GIL makes each of the two
+    hand-offs wait up to its 5 ms switch interval. `run_inline` runs a job
+    with no hand-off and blocks the loop for its cost, as a real inline call
+    does: the virtual clock jumps by the cost with nothing else running.
     """
 
-    def __init__(self, device: str = "sim") -> None:
+    def __init__(self, device: str = "sim", *, handoff: float | Callable[[], float] = 0.0) -> None:
         self.device = device
+        self.handoff = handoff
         self._locks = {lane: asyncio.Lock() for lane in Lane}
         self.jobs = {lane: 0 for lane in Lane}
         self.closed = False
@@ -65,24 +75,57 @@ class SimulatedExecutor:
         return self.device
 
     async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T:
+        return (await self.run_timed(lane, fn, *args))[0]
+
+    def _handoff(self) -> float:
+        return self.handoff() if callable(self.handoff) else self.handoff
+
+    async def run_timed(self, lane: Lane, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """`run`, also returning the job's own cost (the hand-off excluded)."""
         if self.closed:
             raise RuntimeError("executor closed")
         async with self._locks[lane]:
             self.jobs[lane] += 1
+            handoff = self._handoff()
             cost: list[float] = []
             token = _job_cost.set(cost)
             try:
                 result = fn(*args)
             except Exception:
-                await asyncio.sleep(sum(cost))
+                await asyncio.sleep(sum(cost) + handoff)
                 raise
             finally:
                 _job_cost.reset(token)
-            await asyncio.sleep(sum(cost))
-            return result
+            await asyncio.sleep(sum(cost) + handoff)
+            return result, sum(cost)
+
+    def run_inline(self, lane: Lane, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """Run a job on the loop, blocking it for the job's cost (`LaneBusy` if the lane works)."""
+        if self.closed:
+            raise RuntimeError("executor closed")
+        if self._locks[lane].locked():
+            raise LaneBusy(f"the {lane.value} lane is still running a job")
+        self.jobs[lane] += 1
+        cost: list[float] = []
+        token = _job_cost.set(cost)
+        try:
+            result = fn(*args)
+        finally:
+            _job_cost.reset(token)
+            _block(sum(cost))
+        return result, sum(cost)
 
     async def close(self) -> None:
         self.closed = True
+
+
+def _block(seconds: float) -> None:
+    """The loop is blocked for `seconds`: virtual time passes with nothing else running."""
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, VirtualTimeLoop):
+        loop.clock.advance(seconds)
+    elif seconds > 0:
+        time.sleep(seconds)  # a real loop: blocked for real, as an inline job blocks it
 
 
 class ControllerHarness:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from controller.executor import ComputeExecutor, Lane
+from controller.executor import ComputeExecutor, Lane, LaneBusy
 
 
 async def test_an_action_is_not_queued_behind_a_long_encode():
@@ -71,3 +71,49 @@ def test_unknown_device_is_refused():
 
     with pytest.raises(RuntimeError, match="unknown device"):
         resolve_device("tpu")
+
+
+async def test_run_timed_reports_the_jobs_own_time_and_run_inline_runs_on_this_thread():
+    ex = ComputeExecutor("cpu")
+    await ex.start()
+    try:
+        value, seconds = await ex.run_timed(Lane.ACTION, time.sleep, 0.02)
+        assert value is None and seconds >= 0.02
+        caller = threading.get_ident()
+        ident, seconds = ex.run_inline(Lane.ACTION, threading.get_ident)
+        assert ident == caller and seconds >= 0
+        assert ex.jobs[Lane.ACTION] == 2
+        with pytest.raises(ValueError, match="bad"):
+            ex.run_inline(Lane.ACTION, _raise_bad)
+        assert ex.failures[Lane.ACTION] == 1
+    finally:
+        await ex.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ex.run_inline(Lane.ACTION, lambda: None)
+
+
+def _raise_bad() -> None:
+    raise ValueError("bad")
+
+
+async def test_run_inline_refuses_while_the_lanes_worker_still_runs_a_job():
+    ex = ComputeExecutor("cpu")
+    await ex.start()
+    try:
+        started, release = threading.Event(), threading.Event()
+
+        def abandoned() -> str:  # an action whose await timed out, still running
+            started.set()
+            release.wait(5)
+            return "late"
+
+        job = asyncio.create_task(ex.run(Lane.ACTION, abandoned))
+        await asyncio.to_thread(started.wait, 5)
+        with pytest.raises(LaneBusy):
+            ex.run_inline(Lane.ACTION, lambda: "inline")
+        assert ex.run_inline(Lane.VL, lambda: "other lane")[0] == "other lane"
+        release.set()
+        assert await job == "late"
+        assert ex.run_inline(Lane.ACTION, lambda: "inline")[0] == "inline"
+    finally:
+        await ex.close()
