@@ -129,7 +129,11 @@ def _block(seconds: float) -> None:
 
 
 class ControllerHarness:
-    """Builds a controller from fakes (any part replaceable) and runs it on the current loop."""
+    """Builds a controller from fakes (any part replaceable) and runs it on the current loop.
+
+    `clock` replaces the controller clock (default: the running loop's, see
+    `controller.clock.controller_clock`); the other keywords are settings.
+    """
 
     def __init__(
         self,
@@ -140,6 +144,7 @@ class ControllerHarness:
         sensors: Sequence[SensorDriver] = (),
         executor: Any | None = None,
         check_invariants: bool = True,
+        clock: Callable[[], float] | None = None,
         **config: Any,
     ) -> None:
         self.executor = executor or SimulatedExecutor()
@@ -158,6 +163,7 @@ class ControllerHarness:
             policy=self.policy,
             executor=self.executor,
             sensors=self.sensors,
+            clock=clock,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Judges every command against the fakes' ground truth (see controller.invariants).
@@ -168,8 +174,9 @@ class ControllerHarness:
         self.task: asyncio.Task[dict[str, Any]] | None = None
 
     def _clock(self) -> float:
+        """The controller clock (the invariant checker compares with the controller's ticks)."""
         assert self._loop is not None, "the harness clock is read before the run started"
-        return self._loop.time()
+        return self.controller._now()
 
     def check(self) -> None:
         """Assert the invariants of the finished run (done by `run()` and `stop()` already)."""

@@ -327,11 +327,18 @@ class RecordingPolicy(PolicyProxy):
 
 
 class RecordingRobot(RobotProxy):
-    """A robot proxy that tells the checker about accepted commands and stops."""
+    """A robot proxy that tells the checker about accepted commands and stops.
 
-    def __init__(self, inner: RobotDriver, checker: InvariantChecker) -> None:
+    Their times are read from `clock`, the one the policy's calls and the
+    controller's tick events are stamped with, since the checker compares them.
+    """
+
+    def __init__(
+        self, inner: RobotDriver, checker: InvariantChecker, clock: Callable[[], float] = _now
+    ) -> None:
         super().__init__(inner)
         self._checker = checker
+        self._clock = clock
 
     async def __aenter__(self) -> Self:
         self._checker.robot_touched = True
@@ -339,20 +346,24 @@ class RecordingRobot(RobotProxy):
 
     async def command(self, cmd: JointCommand) -> None:
         await super().command(cmd)
-        self._checker.commanded(_now(), cmd)
+        self._checker.commanded(self._clock(), cmd)
 
     async def stop(self) -> None:
-        self._checker.stopped(_now())
+        self._checker.stopped(self._clock())
         await super().stop()
 
 
 def instrument(
     controller: Any, cameras: Sequence[CameraDriver], clock: Callable[[], float]
 ) -> InvariantChecker:
-    """Put recording proxies around a (not yet running) controller's policy and robot."""
+    """Put recording proxies around a (not yet running) controller's policy and robot.
+
+    `clock` must be the controller clock: the checker compares the times it
+    stamps with the controller's tick events.
+    """
     checker = InvariantChecker.for_controller(controller)
     truth = _Truth(controller.robot, cameras)
     controller.policy = RecordingPolicy(controller.policy, checker, truth, clock)
-    controller.robot = RecordingRobot(controller.robot, checker)
+    controller.robot = RecordingRobot(controller.robot, checker, clock)
     controller.observers.append(checker.event)
     return checker

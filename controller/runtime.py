@@ -8,6 +8,15 @@ ACTIVE (the control task ticks) -> STOPPING -> STOPPED, or FAILED.
 Whatever ends a run (its duration, a signal, cancellation, any task failing)
 goes through one `finally:` that calls `robot.stop()` on its own task,
 bounded in time, shielded from a second cancellation.
+
+Every timestamp and latency the controller records is read from one clock,
+the controller clock (`controller.clock.controller_clock`): the virtual
+clock under the harness, CLOCK_MONOTONIC in nanoseconds on real time
+(uvloop's `loop.time()` counts whole milliseconds). Drivers keep stamping
+with `drivers.base.now()`, the loop's `time()`: the same CLOCK_MONOTONIC, so
+an age mixes the two only within the loop clock's resolution (under uvloop a
+capture stamp is truncated to the millisecond: an age reads at most 1 ms
+older than it is, never younger).
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from controller.action_path import ActionPath, InlineRule
+from controller.clock import controller_clock
 from controller.errors import ConfigError, PolicyError, WarmupError
 from controller.executor import Executor, Lane
 from controller.safety import HoldReason, SafetyConfig, SafetyFilter
@@ -53,6 +64,25 @@ MAX_DURATION = 1e7
 
 #: How VL encoding and control interleave (`ControllerConfig.vl_mode`).
 VLMode = Literal["async", "sync"]
+
+#: The precise wake's default spin, before the cap below: the timer stage must
+#: end before the deadline at p99.9 for the spin to catch it, and asyncio's
+#: timer wakes up to ~2 ms late here (FACTS: ~0.9-1.3 ms at p50; uvloop's fires
+#: within 1 ms either side). A probe on this 2-core machine, VL encoder in a
+#: subprocess, spinning the last 2 ms on the precise clock gave tick lateness p99
+#: 5-80 us against 1.5-3 ms without. To be confirmed in a quiet window with
+#: `python -m controller.wake_probe` (the timer's own lateness p99.9 and the
+#: spin's CPU share, per loop and load): the smallest spin covering that p99.9.
+DEFAULT_SPIN = 0.002
+#: ... and at most this fraction of the period, so that at high rates the spin's
+#: CPU (the whole spin on uvloop, whose timer fires early) stays a bounded share.
+DEFAULT_SPIN_FRACTION = 0.2
+
+#: Default bound of an inline `act` (see `controller.action_path`): shorter than one
+#: RTDE state interval (2 ms at 500 Hz) and than the loop timer's own resolution...
+DEFAULT_INLINE_MAX = 0.001
+#: ... and at most this fraction of the period, so the loop is blocked a tenth of it at most.
+DEFAULT_INLINE_FRACTION = 0.1
 
 
 class Phase(enum.Enum):
@@ -156,16 +186,29 @@ class ControllerConfig:
         low=1,
         high=10_000,
     )
-    spin: float = option(
-        0.0,
-        help="busy-wait this long before each tick for lower jitter (real clock only);"
-        " less than one control period",
+    spin: float | None = option(
+        None,
+        help="end each tick's timer sleep this long before its deadline and wait out the rest"
+        " on the precise clock, for sub-millisecond lateness at the price of that CPU"
+        " (real time only; 0: the timer alone); less than one control period",
         unit="s",
         low=0.0,
         high=1.0,
         high_open=True,
         flag=True,
+        default_text="2 ms, at most a fifth of the period",
         renamed=(Renamed("spin_ms", unit="ms", per=1000.0),),
+    )
+    action_inline_max: float | None = option(
+        None,
+        help="run the policy's act on the event loop itself, skipping the action lane's thread"
+        " hand-off, while its measured time stays under this (it blocks the loop that long);"
+        " 0: always on the action lane",
+        unit="s",
+        low=0.0,
+        high=0.01,
+        flag=True,
+        default_text="1 ms, at most a tenth of the period",
     )
     #: None: one encode per control period. Features newer than the next tick are
     #: never used, and a free-running encoder only steals CPU and GIL from it.
@@ -202,10 +245,29 @@ class ControllerConfig:
 
     def __post_init__(self) -> None:
         validate(self, error=ConfigError)
-        if not self.spin < self.period:
+        if self.spin is not None and not self.spin < self.period:
             raise ConfigError(
                 f"spin must be less than one control period ({self.period:g} s), got {self.spin!r}"
             )
+        if self.action_inline_max is not None and not self.action_inline_max < 0.5 * self.period:
+            raise ConfigError(
+                "action_inline_max must be less than half a control period"
+                f" ({0.5 * self.period:g} s), got {self.action_inline_max!r}"
+            )
+
+    @property
+    def wake_spin(self) -> float:
+        """The precise wake's spin in seconds, the default resolved."""
+        if self.spin is not None:
+            return self.spin
+        return min(DEFAULT_SPIN, DEFAULT_SPIN_FRACTION * self.period)
+
+    @property
+    def inline_bound(self) -> float:
+        """The inline `act` bound in seconds, the default resolved."""
+        if self.action_inline_max is not None:
+            return self.action_inline_max
+        return min(DEFAULT_INLINE_MAX, DEFAULT_INLINE_FRACTION * self.period)
 
     @property
     def vl_min_interval(self) -> float:
@@ -247,7 +309,11 @@ class Controller:
         policy: Policy,
         executor: Executor,
         sensors: Sequence[SensorDriver] = (),
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock` replaces the controller clock (tests); by default it is the running loop's
+        (`controller.clock.controller_clock`), chosen when `run()` starts.
+        """
         if not cameras:
             raise ConfigError("at least one camera is needed: the policy encodes images")
         names = [c.name for c in cameras]
@@ -273,11 +339,21 @@ class Controller:
         }
         self.features: LatestValue[Any] = LatestValue("features")
         self.phase = Phase.CONFIGURING
+        self._clock_override = clock
+        self._clock: Callable[[], float] | None = clock
         self.scheduler = PeriodicScheduler(
             config.period,
-            spin=config.spin,
+            clock=clock,
+            spin=config.wake_spin,
             on_tick_done=lambda _t, work: self.telemetry.tick_done(work),
             on_missed=self.telemetry.missed_ticks,
+        )
+        #: Where each action runs: inline while `act` is measured short, else the action lane.
+        self.actions = ActionPath(
+            executor,
+            InlineRule(config.inline_bound),
+            clock=self._now,
+            on_switch=self._action_path_switched,
         )
         self._stop_requested = asyncio.Event()
         self._stop_reason = ""
@@ -372,7 +448,20 @@ class Controller:
         return self._stop_reason
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        """The controller clock (see the module docstring)."""
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = controller_clock()
+        return clock()
+
+    def _action_path_switched(self, inline: bool) -> None:
+        self.telemetry.action_path(inline)
+        log.info(
+            "policy act %s (its mean time %.3f ms, bound %.3f ms)",
+            "now runs inline on the loop" if inline else "back on the action lane",
+            (self.actions.ewma or 0.0) * 1e3,
+            self.actions.rule.bound * 1e3,
+        )
 
     async def run(self, duration: float | None = None) -> dict[str, Any]:
         """Connect, warm up, control until `duration` elapses or a stop is requested.
@@ -389,6 +478,8 @@ class Controller:
                 f"duration must be a number of seconds in (0, {MAX_DURATION:g}], got {duration!r}"
             )
         self._run_task = asyncio.current_task()
+        # The clock of the loop this run is on (a controller may be run on several loops).
+        self._clock = self._clock_override or controller_clock()
         robot_touched = False
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -597,8 +688,8 @@ class Controller:
                 waiting = "a first action"
                 state = self.state.latest()
                 assert state is not None
-                chunk = await self.executor.run(
-                    Lane.ACTION, self.policy.act, feats.value, state.value, self._sensor_values()
+                chunk = await self.actions.warm_up(
+                    self.policy.act, feats.value, state.value, self._sensor_values()
                 )
                 verdict = safety.filter_action(chunk, state.value)
                 if verdict.reason in (HoldReason.ACTION_MALFORMED, HoldReason.ACTION_NOT_FINITE):
@@ -833,7 +924,7 @@ class Controller:
         )
         try:
             async for tick in self.scheduler.ticks(start=start, until=until):
-                self.telemetry.tick(tick.lateness)
+                self.telemetry.tick(tick.lateness, tick.spin)
                 if self.observers:
                     self._notify("tick", tick)
                 if self.sync:
@@ -873,11 +964,10 @@ class Controller:
         sensor_values = {name: st.value for name, st in sensors.items() if st is not None}
         t0 = self._now()
         try:
-            async with asyncio.timeout(action_timeout):
-                chunk = await self.executor.run(
-                    Lane.ACTION, self.policy.act, feats.value, state.value, sensor_values
-                )
-        except TimeoutError:
+            acted = await self.actions.run(
+                self.policy.act, feats.value, state.value, sensor_values, within=action_timeout
+            )
+        except TimeoutError:  # on the lane, or an inline act that returned too late
             self.telemetry.error("action_timeout")
             await self._hold(HoldReason.ACTION_TIMEOUT)
             return
@@ -887,6 +977,7 @@ class Controller:
             return
         failures.succeeded()
         latency = self._now() - t0
+        chunk = acted.value
         verdict = self._safety.filter_action(chunk, state.value)
         if not verdict.send:
             await self._hold(verdict.reason or HoldReason.ACTION_MALFORMED)
@@ -927,6 +1018,8 @@ class Controller:
                 reuse=reuse,
                 latency=latency,
                 clamped=verdict.clamped,
+                compute=acted.compute,
+                inline=acted.inline,
             )
         )
 

@@ -3,7 +3,16 @@
 The seed note reported "40 FPS" for the action path alone; what matters on an
 arm is the control rate actually held, its jitter, and how old the features
 and state behind each action were. Every figure here is recorded on the
-controller clock, so it is exact under the virtual clock too.
+controller clock (`controller.clock.controller_clock`: the virtual clock
+under the harness, so it is exact there too; CLOCK_MONOTONIC read in
+nanoseconds on real time, so sub-millisecond lateness is visible even under
+uvloop, whose own clock counts whole milliseconds). Telemetry never reads a
+clock itself: the runtime and the scheduler hand it differences of readings.
+
+Two costs are shown beside the figures they buy: the precise wake's spin
+(seconds per tick awake before a deadline, and the fraction of the run they
+add up to) and the action hand-off (an action's latency minus the time the
+policy's `act` itself took, i.e. what reaching the action lane cost).
 """
 
 from __future__ import annotations
@@ -99,6 +108,11 @@ class ActionRecord:
     reuse: int  # 1 for the first action computed from this feature version
     latency: float
     clamped: bool
+    #: Seconds the policy's `act` itself took (NaN when unknown); `latency - compute`
+    #: is what handing it over to the action lane and back cost.
+    compute: float = math.nan
+    #: Whether `act` ran inline on the event loop rather than on the action lane.
+    inline: bool = False
 
 
 class Telemetry:
@@ -112,7 +126,13 @@ class Telemetry:
         )
         self.lateness = Series()
         self.work = Series()
+        self.wake_spin = Series()
+        self.spin_total = 0.0
         self.action_latency = Series()
+        self.act_compute = Series()
+        self.action_handoff = Series()
+        self.actions_inline = 0
+        self.action_path_switches: Counter[str] = Counter()
         self.vl_latency = Series()
         self.vl_frame_age = Series()
         self.feature_age = Series()
@@ -132,9 +152,12 @@ class Telemetry:
         self.ended: float | None = None
 
     # -- recording ---------------------------------------------------------
-    def tick(self, lateness: float) -> None:
+    def tick(self, lateness: float, spin: float = 0.0) -> None:
+        """A tick started `lateness` s after its deadline, after `spin` s of precise waiting."""
         self.ticks += 1
         self.lateness.add(lateness)
+        self.wake_spin.add(spin)
+        self.spin_total += spin
         if lateness <= self.on_time_tolerance:
             self.ticks_on_time += 1
 
@@ -149,6 +172,10 @@ class Telemetry:
         if new_episode:
             self.hold_episodes += 1
 
+    def action_path(self, inline: bool) -> None:
+        """The policy's `act` moved inline (True) or back to the action lane (False)."""
+        self.action_path_switches["to_inline" if inline else "to_lane"] += 1
+
     def error(self, kind: str) -> None:
         self.errors[kind] += 1
 
@@ -162,6 +189,10 @@ class Telemetry:
         self.actions_sent += 1
         self.clamped += record.clamped
         self.action_latency.add(record.latency)
+        if math.isfinite(record.compute):
+            self.act_compute.add(record.compute)
+            self.action_handoff.add(max(0.0, record.latency - record.compute))
+        self.actions_inline += record.inline
         self.feature_age.add(record.feature_age)
         self.state_age.add(record.state_age)
         self.actions.append(record)
@@ -188,9 +219,17 @@ class Telemetry:
             "missed_ticks": self.missed,
             "tick_lateness_ms": self.lateness.summary(1e3),
             "tick_work_ms": self.work.summary(1e3),
+            "wake_spin_ms": self.wake_spin.summary(1e3),
+            "wake_spin_cpu_fraction": round(self.spin_total / duration, 4)
+            if duration > 0
+            else None,
             "actions_sent": self.actions_sent,
             "actions_clamped": self.clamped,
             "action_latency_ms": self.action_latency.summary(1e3),
+            "act_compute_ms": self.act_compute.summary(1e3),
+            "action_handoff_ms": self.action_handoff.summary(1e3),
+            "actions_inline": self.actions_inline,
+            "action_path_switches": dict(self.action_path_switches),
             "vl_encodes": self.vl_encodes,
             "vl_latency_ms": self.vl_latency.summary(1e3),
             "vl_frame_age_at_encode_ms": self.vl_frame_age.summary(1e3),
@@ -239,6 +278,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         f" (within {summary['on_time_tolerance_ms']} ms), missed {summary['missed_ticks']}",
         f"tick lateness       {s(summary['tick_lateness_ms'])}",
         f"action latency      {s(summary['action_latency_ms'])}",
+        f"  act itself        {s(summary['act_compute_ms'])}",
+        f"  hand-off          {s(summary['action_handoff_ms'])}",
+        f"  inline            {summary['actions_inline']} of {summary['actions_sent']} actions"
+        f" {summary['action_path_switches'] or ''}",
+        f"wake spin           {s(summary['wake_spin_ms'])}"
+        f" ({summary['wake_spin_cpu_fraction']} of the run)",
         f"VL latency          {s(summary['vl_latency_ms'])}  ({summary['vl_encodes']} encodes)",
         f"feature age at use  {s(summary['feature_age_at_use_ms'])}",
         f"state age at use    {s(summary['state_age_at_use_ms'])}",

@@ -12,7 +12,11 @@ point of the "VLM reuse" pattern:
   ones land.
 
 Both are plain synchronous methods: they run on the executor's worker
-threads, which own the torch device, never on the event loop.
+threads, which own the torch device. `act` alone may also run on the event
+loop's thread, in the action lane's device context, while its measured time
+stays under a bound (`controller.action_path`: a thread hand-off can cost
+more than a small policy's act): it must not wait on I/O or locks, nor rely
+on running in a thread of its own.
 """
 
 from __future__ import annotations
