@@ -97,6 +97,7 @@ class ControllerHarness:
         sensors: Sequence[SensorDriver] = (),
         executor: Any | None = None,
         check_invariants: bool = True,
+        policy_spec: Any | None = None,
         **config: Any,
     ) -> None:
         self.executor = executor or SimulatedExecutor()
@@ -115,6 +116,7 @@ class ControllerHarness:
             policy=self.policy,
             executor=self.executor,
             sensors=self.sensors,
+            policy_spec=policy_spec,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Judges every command against the fakes' ground truth (see controller.invariants).
