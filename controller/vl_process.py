@@ -21,7 +21,10 @@ How:
   survive a fork) and builds the policy itself from a picklable
   `PolicySpec` (plugin name + options), then loads it on the device the
   executor resolved, with the executor's CPU thread count, so it encodes
-  bit for bit as the thread lane would.
+  bit for bit as the thread lane would. A policy that can load its halves
+  apart (`policies.base.SplitLoad`, as qwen-vla does) loads only its VL
+  model in the worker and only its action half here, so the VL weights
+  are never loaded twice; any other policy loads whole in both.
 * Frames go through a ring of shared-memory slots (`controller.shm_frames`);
   the pipe carries only a small header per encode, and the pooled features
   come back pickled (a few KB).
@@ -67,6 +70,7 @@ from typing import Any
 
 from controller.shm_frames import FrameReader, FrameRing
 from drivers.base import Frame, RobotInfo, RobotState, SensorReading
+from policies.base import SplitLoad
 from policies.errors import PolicyConfigError, PolicyError
 
 log = logging.getLogger(__name__)
@@ -205,11 +209,16 @@ def _worker_main(
             # The lowest priority, as the thread lane's VL stream.
             stream = torch.cuda.Stream(device=device, priority=0)
             torch.cuda.set_stream(stream)
-        policy.load(device, robot, control_period)
+        # Only the VL half when the policy can load its halves apart (SplitLoad).
+        vl = None
+        if isinstance(policy, SplitLoad):
+            vl = dict(policy.load_vl(device, robot, control_period))
+        else:
+            policy.load(device, robot, control_period)
     except BaseException as exc:
         _send(conn, ("error", None, _error_payload(exc)))
         _exit(1)
-    _send(conn, ("ready", os.getpid()))
+    _send(conn, ("ready", os.getpid(), vl))
     reader = FrameReader()
     try:
         _serve(conn, policy, reader, stream)
@@ -419,6 +428,8 @@ class ProcessVLPolicy:
         self._finalizer = weakref.finalize(self, self._res.release)
         self._encode_lock = threading.Lock()
         self._load_args: tuple[str, RobotInfo, float] | None = None
+        #: What the first worker reported of its VL model (`SplitLoad.load_vl`).
+        self._vl: dict[str, Any] | None = None
         self._job = 0
         #: Supervision counts: workers started, replaced after a crash or a hang.
         self.starts = 0
@@ -445,12 +456,24 @@ class ProcessVLPolicy:
     # -- the Policy interface ------------------------------------------------------------
 
     def load(self, device: str, robot: RobotInfo, control_period: float) -> None:
-        """Start the worker (it loads its copy), load this process's policy meanwhile, wait."""
+        """Start the worker, which loads its copy; load what `act` needs here.
+
+        A `SplitLoad` policy loads only its VL half in the worker and only its
+        action half here, from what the worker reports of its VL model;
+        any other policy loads whole in both processes, side by side.
+        """
         with self._encode_lock:
             self._load_args = (device, robot, control_period)
             worker = self._start()
-            self.inner.load(device, robot, control_period)
-            self._await_ready(worker)
+            split = isinstance(self.inner, SplitLoad)
+            if not split:
+                self.inner.load(device, robot, control_period)
+            vl = self._await_ready(worker)
+            if split and vl is not None:
+                self.inner.load_action(device, robot, control_period, vl)
+            elif split:  # the worker's copy is not a SplitLoad: it loaded whole
+                self.inner.load(device, robot, control_period)
+            self._vl = vl
 
     def encode_vl(self, frames: Sequence[Frame], instruction: str) -> Any:
         with self._encode_lock:
@@ -521,7 +544,8 @@ class ProcessVLPolicy:
             raise self._replace(worker, VLWorkerCrashed, f"VL worker {worker.describe_exit()}")
         return worker
 
-    def _await_ready(self, worker: _Worker) -> None:
+    def _await_ready(self, worker: _Worker) -> dict[str, Any] | None:
+        """Wait for `worker` to load; what it reports of its VL model (None: not a SplitLoad)."""
         try:
             msg = worker.recv(self.load_timeout)
         except _Died as exc:
@@ -539,8 +563,17 @@ class ProcessVLPolicy:
         if msg[0] == "error":
             self._drop(worker)
             raise _remote_error(msg[2], f"VL worker: policy {self.spec.name!r} failed to load")
+        vl = msg[2]
+        if self._vl is not None and vl != self._vl:
+            # A replacement loaded another VL model (its files changed on disk): the action
+            # half here was built for the first one, so its features must not be used.
+            self._drop(worker)
+            raise VLWorkerError(
+                f"VL worker restarted with another VL model ({vl} instead of {self._vl})"
+            )
         worker.ready = True
         log.info("VL worker %d ready", worker.pid)
+        return vl
 
     def _bound(self, worker: _Worker) -> float:
         if self.timeout is not None:

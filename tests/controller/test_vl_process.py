@@ -30,7 +30,7 @@ from controller.vl_process import (
     VLWorkerError,
     VLWorkerHung,
 )
-from drivers.base import Frame, JointLimits, RobotInfo
+from drivers.base import Frame, JointLimits, RobotInfo, RobotState
 from drivers.fake import FakeCamera, FakeRobot
 from drivers.fake.config import FakeCameraConfig, FakeRobotConfig
 from policies.errors import PolicyConfigError, PolicyError
@@ -225,7 +225,8 @@ async def test_process_features_are_bitwise_the_thread_lanes(qwen_lane):
     ex = ComputeExecutor("cpu")  # the thread lane, torch threads set as the worker's
     await ex.start()
     try:
-        thread_policy = qwen_lane.inner  # built here from the same spec, loaded by the lane
+        thread_policy = qwen_lane.spec.build()
+        await ex.run(Lane.VL, thread_policy.load, ex.device, ROBOT, 0.1)
         sets = [
             images(1, [(120, 160), (96, 128)]),
             images(2, [(120, 160), (96, 128)]),
@@ -240,6 +241,19 @@ async def test_process_features_are_bitwise_the_thread_lanes(qwen_lane):
         assert len(qwen_lane.segments) == 2
     finally:
         await ex.close()
+
+
+@pytest.mark.peer
+def test_only_the_worker_loads_the_vl_model_and_act_runs_here(qwen_lane):
+    inner = qwen_lane.inner
+    assert inner.encoder is None and inner.model is not None  # SplitLoad: the action half only
+    assert inner.config.vl_fingerprint == qwen_lane._vl["fingerprint"]
+    features = qwen_lane.encode_vl(images(5, [(120, 160)]), "go")
+    state = RobotState(np.zeros(6), np.zeros(6), capture_time=1.0)
+    chunk = qwen_lane.act(features, state, {})
+    assert chunk.shape == (inner.config.horizon, ROBOT.dof) and np.isfinite(chunk).all()
+    with pytest.raises(PolicyError, match="before load"):
+        inner.encode_vl(images(5, [(120, 160)]), "go")  # never here
 
 
 @pytest.mark.peer
