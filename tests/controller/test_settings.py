@@ -114,7 +114,7 @@ def test_flags_and_file_keys_build_the_same_run():
         "--max-state-age", "0.2", "--limit-mode", "reject", "--status-interval", "0",
         "--spin", "0.001", "--vl-max-hz", "0", "--device", "cuda:1", "--duration", "3",
         "--stats-json", "s.json", "--record", "datasets/run", "--vl-mode", "sync",
-        "--vl-latency", "0.3",
+        "--vl-latency", "0.3", "--vl-worker", "process", "--vl-worker-timeout", "1.5",
     ]  # fmt: skip
     args = build_parser().parse_args(argv)
     from_flags = from_mapping(apply_flags(args, {}, "flags"), source="flags")
@@ -131,6 +131,8 @@ def test_flags_and_file_keys_build_the_same_run():
             "record": "datasets/run",
             "vl_mode": "sync",
             "vl_latency": 0.3,
+            "vl_worker": "process",
+            "vl_worker_timeout": 1.5,
             "safety": {"max_feature_age": 2, "max_state_age": 0.2, "limit_mode": "reject"},
         }
     )
