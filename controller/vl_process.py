@@ -192,8 +192,13 @@ def _worker_main(
 ) -> None:
     """The worker: build and load the policy, then answer encodes until told to stop or orphaned."""
     _die_with_parent()
-    # Ctrl-C reaches the whole process group; the controller decides when the worker stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, a closing terminal's SIGHUP and a service manager's SIGTERM reach the
+    # whole process group: the controller stops on them and then stops its worker, which
+    # must not die first (the lane would count a crash and start a replacement mid-stop).
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
     stream = None
     try:
         policy = spec.build()

@@ -9,7 +9,10 @@ encodes are executor jobs, so they cost zero virtual time, like a thread's.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -265,3 +268,61 @@ def test_a_policy_error_comes_back_as_itself_and_the_worker_lives_on(qwen_lane):
     assert "raised in the VL worker process" in "".join(info.value.__notes__)
     assert qwen_lane.pid == pid and qwen_lane.crashes == 0
     assert qwen_lane.encode_vl(images(4, [(48, 64)]), "go").shape[-1] > 0
+
+
+# -- the controller as a program: every way it ends takes its worker and segments along -----
+
+
+def _start_controller() -> tuple[subprocess.Popen[str], int, str]:
+    """`python -m controller` with a fake policy in a process lane, once ACTIVE: (proc, worker pid, log)."""
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "controller", "--policy", "fake", "--device", "cpu"),
+            *("--vl-worker", "process", "--status-interval", "0"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    deadline = time.monotonic() + 90
+    err, worker = "", None
+    while time.monotonic() < deadline and proc.poll() is None:
+        line = proc.stderr.readline()
+        err += line
+        if m := re.search(r"VL worker (\d+) started", line):
+            worker = int(m.group(1))
+        if "phase warming_up -> active" in line:
+            break
+    assert worker is not None and proc.poll() is None, err
+    return proc, worker, err
+
+
+def _wait_gone(pid: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return gone(pid)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_the_worker_and_its_segments_end_with_the_controller(how):
+    proc, worker, err = _start_controller()
+    try:
+        assert leftover_segments(proc.pid), "the lane holds a segment while it runs"
+        proc.send_signal(how)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    if how == signal.SIGTERM:
+        assert proc.returncode == 0, err + rest
+        # Asked to exit if idle, killed if mid-encode (the fake encodes for 0.3 s of 0.3 s).
+        assert f"VL worker {worker} stopped (" in rest, rest
+    # SIGKILL: the kernel ends the worker with it (PR_SET_PDEATHSIG) and Python's
+    # resource tracker unlinks what the dead controller registered.
+    assert _wait_gone(worker), f"worker {worker} outlived the controller"
+    deadline = time.monotonic() + 10
+    while leftover_segments(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftover_segments(proc.pid) == []
