@@ -223,8 +223,8 @@ class ControllerConfig:
         low=0.01,
         high=600.0,
         flag=True,
-        default_text="10 x the slowest encode so far, at least 2 s; a worker's first encode"
-        " gets warmup_timeout",
+        default_text="10 x the slowest encode after a worker's first, at least 2 s; until"
+        " then warmup_timeout",
     )
 
     def __post_init__(self) -> None:

@@ -76,7 +76,8 @@ from policies.errors import PolicyConfigError, PolicyError
 log = logging.getLogger(__name__)
 
 #: Without an explicit bound, an encode may take this many times the slowest
-#: encode of the same worker before it counts as hung...
+#: steady encode of the same worker (any but its first, which initialises
+#: lazily) before it counts as hung...
 HANG_FACTOR = 10.0
 #: ...and never less than this (a loaded machine can stall a process for a while).
 MIN_HANG = 2.0
@@ -313,6 +314,8 @@ class _Worker:
         self.ready = False
         #: An encode is in flight (a closing worker is then killed, not asked).
         self.busy = False
+        #: Encodes answered, and the slowest of them after the first (0: none yet).
+        self.encodes = 0
         self.slowest = 0.0
 
     @property
@@ -413,9 +416,10 @@ class ProcessVLPolicy:
     ) -> None:
         """`inner`: the policy built here (for `act`), else built from `spec`.
 
-        `timeout`: the hang bound of an encode; None derives it: the first
-        encode of a worker gets `first_timeout` (lazy initialisation), later
-        ones `HANG_FACTOR` times the slowest so far, at least `MIN_HANG`.
+        `timeout`: the hang bound of an encode; None derives it: until one
+        encode after a worker's first has answered, `first_timeout` (the
+        first initialises lazily), then `HANG_FACTOR` times the slowest of
+        those, at least `MIN_HANG`.
         """
         spec.check()
         for what, value in (("timeout", timeout), ("first_timeout", first_timeout)):
@@ -511,7 +515,9 @@ class ProcessVLPolicy:
                 )
             if kind == "error":
                 raise _remote_error(reply[2], "VL worker: encode_vl failed")
-            worker.slowest = max(worker.slowest, time.monotonic() - started)
+            if worker.encodes:  # the first includes lazy initialisation: not a measure
+                worker.slowest = max(worker.slowest, time.monotonic() - started)
+            worker.encodes += 1
             return reply[2]
 
     def act(self, features: Any, state: RobotState, sensors: Mapping[str, SensorReading]) -> Any:
@@ -629,11 +635,3 @@ class ProcessVLPolicy:
     @property
     def closed(self) -> bool:
         return self._res.closed
-
-
-def hang_bound_text() -> str:
-    """How the default hang bound is derived, for the option's help."""
-    return (
-        f"{HANG_FACTOR:g} x the slowest encode so far, at least {MIN_HANG:g} s;"
-        " a worker's first encode gets warmup_timeout"
-    )
