@@ -47,6 +47,7 @@ from controller.executor import ComputeExecutor
 from controller.runtime import Controller
 from controller.settings import add_flags, apply_flags, describe_settings
 from controller.telemetry import format_summary
+from controller.vl_process import PolicySpec
 from drivers.base import JudgesOutcome, ProposesInstruction
 
 if TYPE_CHECKING:
@@ -231,6 +232,7 @@ def build(run: RunConfig) -> Controller:
         sensors=sensors,
         policy=policy,
         executor=ComputeExecutor(run.device),
+        policy_spec=PolicySpec(run.policy, run.policy_options),
     )
 
 

@@ -159,7 +159,7 @@ class ComputeExecutor:
             )
         loop = asyncio.get_running_loop()
         self.device = await loop.run_in_executor(
-            self._pools[Lane.VL], resolve_device, self.requested
+            self._pools[Lane.VL], resolve_device, self.requested, self.cpu_threads
         )
         if self.device.startswith("cuda"):
             await asyncio.gather(

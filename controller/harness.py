@@ -145,6 +145,7 @@ class ControllerHarness:
         executor: Any | None = None,
         check_invariants: bool = True,
         clock: Callable[[], float] | None = None,
+        policy_spec: Any | None = None,
         **config: Any,
     ) -> None:
         self.executor = executor or SimulatedExecutor()
@@ -164,6 +165,7 @@ class ControllerHarness:
             executor=self.executor,
             sensors=self.sensors,
             clock=clock,
+            policy_spec=policy_spec,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Judges every command against the fakes' ground truth (see controller.invariants).

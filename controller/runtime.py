@@ -29,7 +29,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -55,6 +55,9 @@ from drivers.errors import ConnectionLost, NotReady
 from drivers.lifecycle import Backoff, Reconnects, reconnect_with_backoff
 from drivers.options import Renamed, option, validate
 from policies.base import Policy
+
+if TYPE_CHECKING:
+    from controller.vl_process import PolicySpec, ProcessVLPolicy
 
 log = logging.getLogger("controller")
 
@@ -83,6 +86,8 @@ DEFAULT_SPIN_FRACTION = 0.2
 DEFAULT_INLINE_MAX = 0.001
 #: ... and at most this fraction of the period, so the loop is blocked a tenth of it at most.
 DEFAULT_INLINE_FRACTION = 0.1
+#: Where the VL encoder runs (`ControllerConfig.vl_worker`).
+VLWorker = Literal["thread", "process"]
 
 
 class Phase(enum.Enum):
@@ -243,6 +248,27 @@ class ControllerConfig:
         flag=True,
     )
 
+    #: "thread" stays the default until the loop and GPU benchmarks (issue 11) have
+    #: measured the process lane against it on the machines that matter.
+    vl_worker: VLWorker = option(
+        "thread",
+        help="where the VL encoder runs: thread (the executor's VL lane thread) or process"
+        " (a supervised worker process fed through shared memory, which keeps the encoder's"
+        " GIL away from the control loop; restarted if it crashes or hangs)",
+        flag=True,
+    )
+    vl_worker_timeout: float | None = option(
+        None,
+        help="process VL worker: time one encode may take before the worker counts as hung"
+        " and is restarted",
+        unit="s",
+        low=0.01,
+        high=600.0,
+        flag=True,
+        default_text="10 x the slowest encode after a worker's first, at least 2 s; until"
+        " then warmup_timeout",
+    )
+
     def __post_init__(self) -> None:
         validate(self, error=ConfigError)
         if self.spin is not None and not self.spin < self.period:
@@ -310,9 +336,12 @@ class Controller:
         executor: Executor,
         sensors: Sequence[SensorDriver] = (),
         clock: Callable[[], float] | None = None,
+        policy_spec: PolicySpec | None = None,
     ) -> None:
         """`clock` replaces the controller clock (tests); by default it is the running loop's
         (`controller.clock.controller_clock`), chosen when `run()` starts.
+        `policy_spec`: the policy's plugin name and options, which `vl_worker = "process"`
+        needs to build the policy's VL part again in the worker process.
         """
         if not cameras:
             raise ConfigError("at least one camera is needed: the policy encodes images")
@@ -323,6 +352,11 @@ class Controller:
         self.robot = robot
         self.cameras = list(cameras)
         self.sensors = list(sensors)
+        #: With `vl_worker = "process"`, the policy's encodes go to a worker process this
+        #: controller starts (at load) and stops (on every exit path).
+        self.vl_worker: ProcessVLPolicy | None = None
+        if config.vl_worker == "process":
+            policy = self.vl_worker = _process_lane(config, policy, policy_spec, executor)
         #: With `vl_latency`, every encode is padded to take that long (virtual time on the
         #: test harness's executor, a sleep on the VL lane's thread on the real one).
         self.policy: Policy = (
@@ -489,6 +523,10 @@ class Controller:
                         stack.push_async_callback(
                             self._bounded, "executor close", self.executor.close
                         )
+                        if self.vl_worker is not None:  # closed before the executor
+                            stack.push_async_callback(
+                                self._bounded, "VL worker close", self.vl_worker.aclose
+                            )
                         robot_touched = True  # from here on, every exit stops the robot
                         await self._enter(stack, self.robot, "robot")
                         for cam in self.cameras:
@@ -836,6 +874,9 @@ class Controller:
                 Lane.VL, self.policy.encode_vl, frames, self.config.instruction
             )
         except Exception as exc:
+            kind = getattr(exc, "telemetry_kind", None)  # a VL worker crash or hang
+            if isinstance(kind, str):
+                self.telemetry.error(kind)
             failures.failed(exc, "vl_encode")
             return None
         failures.succeeded()
@@ -1027,6 +1068,29 @@ class Controller:
         while True:
             await asyncio.sleep(self.config.status_interval)
             log.info("status %s", self.telemetry.status_line())
+
+
+# -- the process VL lane ----------------------------------------------------
+
+
+def _process_lane(
+    config: ControllerConfig, policy: Policy, spec: PolicySpec | None, executor: Executor
+) -> ProcessVLPolicy:
+    """`policy` with its encodes in a worker process that builds its own copy from `spec`."""
+    from controller.vl_process import ProcessVLPolicy
+
+    if spec is None:
+        raise ConfigError(
+            "vl_worker = process needs the policy's name and options (policy_spec) to build it"
+            " in the worker process; use vl_worker = thread for a policy object built by hand"
+        )
+    return ProcessVLPolicy(
+        spec,
+        inner=policy,
+        timeout=config.vl_worker_timeout,
+        first_timeout=config.warmup_timeout,
+        cpu_threads=getattr(executor, "cpu_threads", None),
+    )
 
 
 # -- sensing helpers --------------------------------------------------------

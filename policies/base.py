@@ -59,6 +59,28 @@ class Policy(Protocol):
     ) -> np.ndarray: ...
 
 
+@runtime_checkable
+class SplitLoad(Protocol):
+    """Optional: a policy that can load its two halves apart, in two processes.
+
+    The controller's process VL lane (`--vl-worker process`) encodes in a
+    worker process with a copy of the policy built from the same options.
+    Without this, both copies `load` everything (the VL model twice). With
+    it, the worker calls `load_vl` (what `encode_vl` needs) and sends back
+    its small, picklable result; the controller's copy then calls
+    `load_action(..., vl)` (what `act` needs) and never loads the VL model.
+    `load` must stay equivalent to `load_action(..., load_vl(...))`.
+    """
+
+    def load_vl(
+        self, device: str, robot: RobotInfo, control_period: float
+    ) -> Mapping[str, Any]: ...
+
+    def load_action(
+        self, device: str, robot: RobotInfo, control_period: float, vl: Mapping[str, Any]
+    ) -> None: ...
+
+
 OptionsT = TypeVar("OptionsT")
 
 

@@ -146,39 +146,59 @@ class QwenVLAPolicy:
         return cls.from_options({"checkpoint": str(ckpt_dir), **options})
 
     def load(self, device: str, robot: RobotInfo, control_period: float) -> None:
-        """Load weights on `device` and check the policy fits `robot`."""
+        """Load weights on `device` and check the policy fits `robot`: both halves, here."""
+        self.load_action(device, robot, control_period, self.load_vl(device, robot, control_period))
+
+    def load_vl(self, device: str, robot: RobotInfo, control_period: float) -> dict[str, Any]:
+        """The VL half (what `encode_vl` needs): the encoder, and a checkpoint's camera order.
+
+        Returns what `load_action` needs to know of the encoder. The process VL
+        lane calls this in its worker and `load_action` in the controller's
+        process, which then never loads the VL model (`policies.base.SplitLoad`).
+        """
+        dev = torch.device(device)
+        if self.options.checkpoint:
+            config = ckpt.load_config(Path(self.options.checkpoint))
+            self._check_joint_count(config, robot)  # before the (slow) VL load
+            self.config = config
+        encoder = build_vl_encoder(self.options, dev)
+        self.encoder, self.device = encoder, dev
+        return {
+            "hidden_size": encoder.hidden_size,
+            "ref": encoder.ref,
+            "fingerprint": encoder.fingerprint(),
+        }
+
+    def load_action(
+        self, device: str, robot: RobotInfo, control_period: float, vl: Mapping[str, Any]
+    ) -> None:
+        """The action half (what `act` needs), for the VL model `vl` describes (`load_vl`)."""
         dev = torch.device(device)
         opts = self.options
         if opts.checkpoint:
             config, model = ckpt.load_checkpoint(opts.checkpoint)
-            if config.action_dim != robot.dof:
-                raise PolicyConfigError(
-                    f"qwen-vla: checkpoint {opts.checkpoint} predicts {config.action_dim} joints,"
-                    f" robot {robot.name!r} has {robot.dof}"
-                )
+            self._check_joint_count(config, robot)
             if config.joint_names is not None and tuple(config.joint_names) != robot.joint_names:
                 LOG.warning(
                     "checkpoint joint names %s differ from robot's %s (same count: continuing)",
                     config.joint_names,
                     robot.joint_names,
                 )
-            encoder = build_vl_encoder(opts, dev)
-            if encoder.hidden_size != config.vl_hidden:
+            if vl["hidden_size"] != config.vl_hidden:
                 raise CheckpointError(
-                    f"checkpoint {opts.checkpoint}: VL model {encoder.ref} has hidden size"
-                    f" {encoder.hidden_size}, the action expert expects {config.vl_hidden}"
+                    f"checkpoint {opts.checkpoint}: VL model {vl['ref']} has hidden size"
+                    f" {vl['hidden_size']}, the action expert expects {config.vl_hidden}"
                 )
-            if config.vl_fingerprint and encoder.fingerprint() != config.vl_fingerprint:
+            if config.vl_fingerprint and vl["fingerprint"] != config.vl_fingerprint:
                 LOG.warning(
                     "VL model %s is not the one this checkpoint was trained with (fingerprint %s != %s)",
-                    encoder.ref,
-                    encoder.fingerprint(),
+                    vl["ref"],
+                    vl["fingerprint"],
                     config.vl_fingerprint,
                 )
         else:
-            encoder = build_vl_encoder(opts, dev)
-            config = default_config(opts, robot, encoder.hidden_size, encoder.ref)
-            config = dataclasses.replace(config, vl_fingerprint=encoder.fingerprint())
+            config = default_config(opts, robot, vl["hidden_size"], vl["ref"])
+            config = dataclasses.replace(config, vl_fingerprint=vl["fingerprint"])
             torch.manual_seed(opts.seed)
             model = ActionModel(config).eval()
             LOG.warning(
@@ -188,7 +208,14 @@ class QwenVLAPolicy:
             )
         model.requires_grad_(False)
         self.model = model.to(dev)
-        self.encoder, self.config, self.robot, self.device = encoder, config, robot, dev
+        self.config, self.robot, self.device = config, robot, dev
+
+    def _check_joint_count(self, config: VLAConfig, robot: RobotInfo) -> None:
+        if config.action_dim != robot.dof:
+            raise PolicyConfigError(
+                f"qwen-vla: checkpoint {self.options.checkpoint} predicts {config.action_dim}"
+                f" joints, robot {robot.name!r} has {robot.dof}"
+            )
 
     # -- the two real-time entry points -----------------------------------------
 
