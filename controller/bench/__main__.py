@@ -68,10 +68,13 @@ class _Once(logging.Filter):
 
 def _quiet_logs() -> None:
     """Warnings once each, and no model-loading bars between the benchmark's progress lines."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    once = _Once()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(once)
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_Once())
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if importlib.util.find_spec("transformers") is not None:
         from transformers.utils import logging as hf_logging
@@ -79,11 +82,14 @@ def _quiet_logs() -> None:
         hf_logging.disable_progress_bar()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, owns_process: bool = False) -> int:
+    """Run one benchmark; returns the exit code. With `owns_process` (`python -m`), the
+    process's logging is set up here; called in-process, the host's logging is left alone."""
     parser = build_parser()
     args = parser.parse_args(argv)
     check_json_path(args.parser, args.json)
-    _quiet_logs()
+    if owns_process:
+        _quiet_logs()
     module = _module(args.bench)
     settings = {k: v for k, v in vars(args).items() if k not in ("parser",)}
     try:
@@ -105,4 +111,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(owns_process=True))

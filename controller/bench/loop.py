@@ -169,12 +169,12 @@ def run_config(args: argparse.Namespace, row: Row) -> RunConfig:
     """The controller's settings for one row, read the way the CLI reads them."""
     sc = row.scenario
     data: dict[str, Any] = {
+        "status_interval": 0,  # no status lines between the progress lines (unless --set)
         **dict(args.set),
         **row.modes,
         "hz": row.hz,
         "vl_max_hz": sc.vl_max_hz,
         "vl_latency": sc.vl_latency,
-        "status_interval": dict(args.set).get("status_interval", 0),
         "device": args.device,
         "robot": {"driver": "fake"},
         "cameras": [{"spec": f"fake://cam{i}"} for i in range(sc.cameras)],
@@ -249,7 +249,9 @@ COLUMNS = (
     Column("loop", lambda r: r["event_loop"]),
     Column(
         "design",
-        lambda r: "note's loop" if r["design"] == "note" else describe_modes(r["modes"]),
+        lambda r: (
+            "note's loop" if r["design"] == "note" else f"controller: {describe_modes(r['modes'])}"
+        ),
     ),
     Column("ticks", lambda r: fmt(r.get("ticks")) if "error" not in r else "failed"),
     Column(
