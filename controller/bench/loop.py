@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import importlib.util
 import itertools
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -108,17 +109,34 @@ def _choices(hint: Any) -> tuple[Any, ...] | None:
 
 def mode_axes(config_cls: type = ControllerConfig) -> dict[str, tuple[Any, ...]]:
     """Every mode field of the controller's settings and its values, the default first."""
-    hints = typing.get_type_hints(config_cls)
+    hints = _hints(config_cls)
     axes: dict[str, tuple[Any, ...]] = {}
     for f in dataclasses.fields(config_cls):
         if f.name in NOT_AXES or f.name in BENCH_SET:
             continue
-        values = _choices(hints[f.name])
+        values = _choices(hints.get(f.name))
         if values is None:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         axes[f.name] = tuple(sorted(values, key=lambda v, d=default: v != d))
     return axes
+
+
+def _hints(config_cls: type) -> dict[str, Any]:
+    """The fields' types; one that cannot be resolved (a name imported for type checking only)
+    is left out rather than failing the run: it is not a Literal or a bool either way."""
+    try:
+        return typing.get_type_hints(config_cls)
+    except Exception:
+        pass
+    namespace = vars(sys.modules[config_cls.__module__])
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config_cls):
+        try:
+            out[f.name] = eval(f.type, namespace) if isinstance(f.type, str) else f.type
+        except Exception:
+            continue
+    return out
 
 
 def variants(

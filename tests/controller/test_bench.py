@@ -77,6 +77,16 @@ def test_every_literal_or_bool_setting_is_a_mode_axis_with_its_default_first() -
     assert len(narrowed) == 2 * 1 * 2 * 2
 
 
+@dataclasses.dataclass(frozen=True)
+class _PartlyTyped:
+    worker: Literal["process", "thread"] = "thread"
+    clock: OnlyForTypeCheckers | None = None  # type: ignore[name-defined]  # noqa: F821
+
+
+def test_a_type_that_cannot_be_resolved_does_not_hide_the_other_modes() -> None:
+    assert loop_bench.mode_axes(_PartlyTyped) == {"worker": ("thread", "process")}
+
+
 def test_the_controllers_own_mode_fields_are_all_axes() -> None:
     hints = typing.get_type_hints(ControllerConfig)
     modes = {
