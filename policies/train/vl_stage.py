@@ -99,6 +99,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--head-dim", type=common.positive_int, default=128, help="width of the BC head (128)"
     )
     p.add_argument(
+        "--frame-cache-mb",
+        type=common.positive_float,
+        default=2048,
+        help="memory for decoded frames, reused across steps (2048). Why: a dataset whose"
+        " frames do not fit is decoded again, whole episode by whole episode, as samples come"
+        " back round (measured: 1777 episodes, 2 cameras at 224 px: 7 GB of frames; at 2 GB,"
+        " 2.5 s per step instead of about 0.4)",
+    )
+    p.add_argument(
         "--preprocess-cache-mb",
         type=float,
         default=2048,
@@ -237,7 +246,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    store = EpisodeStore(dataset, split.train + split.val, prepared.cameras)
+    store = EpisodeStore(
+        dataset, split.train + split.val, prepared.cameras, frame_budget_mb=args.frame_cache_mb
+    )
     train_rows = [store.rows[e] for e in split.train]
     space = choose_action_space(train_rows, args.horizon, args.action_space, args.max_delta)
     targets = {e: chunk_targets(store.rows[e], args.horizon, space) for e in store.episodes}
