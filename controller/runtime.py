@@ -74,7 +74,7 @@ VLMode = Literal["async", "sync"]
 #: within 1 ms either side). A probe on this 2-core machine, VL encoder in a
 #: subprocess, spinning the last 2 ms on the precise clock gave tick lateness p99
 #: 5-80 us against 1.5-3 ms without. To be confirmed in a quiet window with
-#: `python -m controller.wake_probe` (the timer's own lateness p99.9 and the
+#: `python -m controller.bench wake` (the timer's own lateness p99.9 and the
 #: spin's CPU share, per loop and load): the smallest spin covering that p99.9.
 DEFAULT_SPIN = 0.002
 #: ... and at most this fraction of the period, so that at high rates the spin's

@@ -1,4 +1,4 @@
-"""One benchmark suite: `python -m controller.bench loop|seed-table|vl|act|camera`.
+"""One benchmark suite: `python -m controller.bench loop|seed-table|vl|act|camera|wake`.
 
 * `loop` (`loop.py`): tick lateness, overhead and ticks on time of the
   controller in each of its modes, beside the design note's loop
@@ -8,6 +8,9 @@
 * `vl` (`vl.py`): VL encode latency split into preprocessing and forward.
 * `act` (`act.py`): the action expert's latency.
 * `camera` (`camera.py`): camera-to-slot latency and CPU per frame, WHIP.
+* `wake` (`wake.py`): the scheduler alone: how late the loop's timer fires,
+  what each spin buys and its CPU, per event loop, load and rate (to choose
+  `controller.runtime.DEFAULT_SPIN`).
 
 Each prints a Markdown table, writes JSON with `--json PATH` (the machine,
 the versions, the date and the exact command line beside the rows:

@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "vl": "vl",
     "act": "act",
     "camera": "camera",
+    "wake": "wake",
 }
 
 
