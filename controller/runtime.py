@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import gc
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
+from controller import heap
 from controller.action_path import ActionPath, InlineRule
 from controller.clock import controller_clock
 from controller.errors import ConfigError, PolicyError, WarmupError
@@ -408,6 +408,8 @@ class Controller:
         )
         #: Sync mode: the tick's encode, kept across ticks while it outlives its wait.
         self._tick_encode: asyncio.Future[Stamped[Any] | None] | None = None
+        #: This run holds the heap frozen (`controller.heap`): released when the run ends.
+        self._holds_heap = False
 
     @property
     def sync(self) -> bool:
@@ -559,6 +561,9 @@ class Controller:
             raise
         finally:
             self._run_task = None
+            if self._holds_heap:  # thawed, or this run's cycles would never be collected
+                self._holds_heap = False
+                heap.release()
             if self.telemetry.started is not None and self.telemetry.ended is None:
                 self.telemetry.ended = self._now()
         self._set_phase(Phase.STOPPED)
@@ -678,11 +683,11 @@ class Controller:
         full collection over them stopped the loop for 105-150 ms (longer
         than a period: a missed tick and a stale state) whenever the
         allocation counters triggered one mid-run. Frozen objects are never
-        collected, which is what a long-lived model and its drivers want;
-        later garbage is collected as usual, in ~2 ms.
+        collected, which is what a long-lived model and its drivers want
+        while the run is active; later garbage is collected as usual, in
+        ~2 ms. The heap is thawed when the run ends (`controller.heap`).
         """
-        gc.collect()
-        gc.freeze()
+        heap.freeze()
 
     async def _stop_robot(self) -> None:
         """Stop the arm on a task of its own, bounded, surviving a second cancellation."""
@@ -738,6 +743,9 @@ class Controller:
                 # collection blocks the loop (~0.1 s with torch loaded), so
                 # ACTIVE starts on a state captured after it, not a stale one.
                 waiting = "a fresh robot state after the heap was frozen"
+                if not self._holds_heap:  # first: no other run's end thaws it meanwhile
+                    heap.hold()
+                    self._holds_heap = True
                 self._freeze_heap()
                 stamped = await self.state.wait_newer(self.state.version)
                 while self._state_unusable(stamped) is not None:

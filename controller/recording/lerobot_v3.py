@@ -584,7 +584,10 @@ class LeRobotV3Writer:
         new = _episode_row(row)
         if old is None:
             return here, new
-        return here, pa.concat_tables([old, new], promote_options="permissive")
+        # One chunk per column, not one per episode: the table is kept between commits,
+        # and ~120 one-row chunks an episode grew the heap by ~0.15 MB an episode.
+        table = pa.concat_tables([old, new], promote_options="permissive")
+        return here, table.combine_chunks()
 
     def _info_after(
         self,
