@@ -78,8 +78,12 @@ async def test_each_row_holds_the_readings_the_action_was_decided_on(
     assert feature["names"] == [f"ft.{i}" for i in range(6)] + ["grip.width", "grip.force"]
     env = ds.environment_state(0)
     assert env is not None
-    # The warm-up's action is not sent; after it, one act per command sent.
-    acts = policy.seen[1:]
+    # The warm-up's actions are not sent: one on the action lane and, where the inline
+    # path may be chosen, one more inline (controller.action_path); after them, one act
+    # per command sent.
+    warmup = len(policy.seen) - len(sent)
+    assert warmup in (1, 2)
+    acts = policy.seen[warmup:]
     assert len(acts) == len(sent) == summary["actions_sent"] == len(env) > 20
     want = np.array([np.concatenate([a["ft"], a["grip"]]) for a in acts], dtype=np.float32)
     np.testing.assert_array_equal(env, want)
