@@ -2,7 +2,7 @@
 
 20 `reach` episodes on the virtual clock, asynchronous VL encoding padded to
 0.3 s (a 3B model's latency on a robot PC), evaluation seeds from 1,000,000:
-disjoint from the training seeds (1000-1399, `examples/reach/README.md`).
+disjoint from the training seeds (1000-1399 and 2000-3376, `examples/reach/README.md`).
 The goal is at least 80 % success; it is not weakened to what a checkpoint
 happens to reach. Run it with `pytest --demo` (about 2 minutes on 2 cores);
 without `--demo` it is reported as skipped, with the reason.
