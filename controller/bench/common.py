@@ -16,7 +16,6 @@ import os
 import platform
 import shlex
 import sys
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,18 +76,6 @@ def image_size(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(
         f"expected HxW with sides in [1, 8192], e.g. 480x640, got {text!r}"
     )
-
-
-def key_value(text: str) -> tuple[str, Any]:
-    """`KEY=VALUE`, the value read as TOML (`0.002`, `true`, `"x"`), else kept as a bare word."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.strip(), value
 
 
 def add_policy_flags(p: argparse.ArgumentParser, *, device: str = "cpu") -> None:

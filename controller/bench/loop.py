@@ -46,7 +46,6 @@ from controller.bench.common import (
     add_policy_flags,
     fmt,
     fmt_spread,
-    key_value,
     number_in,
     policy_options,
     spread,
@@ -56,6 +55,7 @@ from controller.bench.runs import controller_run, note_run, run_on
 from controller.config import RunConfig, from_mapping
 from controller.errors import ConfigError, describe
 from controller.runtime import ControllerConfig
+from controller.settings import key_value
 
 NAME = "loop"
 HELP = "tick lateness, overhead and ticks on time of the controller beside the note's loop"
