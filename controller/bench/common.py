@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import math
 import os
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import numpy as np
+
+from controller.errors import ConfigError
 
 #: Bumped when a report's layout changes in a way a reader must know about.
 SCHEMA = 1
@@ -102,6 +105,25 @@ def policy_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
         **extra,
     }
     return {k: v for k, v in named.items() if v is not None}
+
+
+# -- event loops -----------------------------------------------------------------------------
+
+
+def have_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def event_loops(requested: Sequence[str] | None, default: Sequence[str]) -> list[str]:
+    """The event loops to run rows on: `requested`, else `default` (asyncio without uvloop).
+
+    uvloop named but not installed is refused before anything runs.
+    """
+    if requested is None:
+        return list(default) if have_uvloop() else ["asyncio"]
+    if "uvloop" in requested and not have_uvloop():
+        raise ConfigError("--event-loop uvloop: uvloop is not installed")
+    return list(requested)
 
 
 # -- where the figures come from ---------------------------------------------------------
@@ -213,6 +235,11 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def finish(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Close with how many rows ran and how many failed (a failed row holds an `error`)."""
+        failed = sum("error" in r for r in rows)
+        self.close(f"{len(rows)} rows" + (f", {failed} failed" if failed else ""))
+
     def close(self, message: str = "done") -> None:
         line = f"{self.what}: {message}"
         if self._tty:
@@ -294,6 +321,19 @@ class Report:
         if self.notes:
             out += ["", *(f"- {n}" for n in self.notes)]
         return "\n".join(out)
+
+    def note_failures(self, label: Callable[[Mapping[str, Any]], str]) -> None:
+        """Name each failed row and its error in the notes; count them in the JSON.
+
+        A failed row stays in the table (a hole in a sweep is a result), so
+        the reader needs its error next to it, not only in the progress log.
+        """
+        failed = [r for r in self.rows if "error" in r]
+        if failed:
+            self.notes.append(
+                "Failed rows: " + "; ".join(f"{label(r)}: {r['error']}" for r in failed)
+            )
+        self.extra["failed_rows"] = len(failed)
 
     def document(self, argv: Sequence[str] | None, settings: Mapping[str, Any]) -> dict[str, Any]:
         return {
