@@ -28,6 +28,7 @@ from controller.bench.common import Progress, Report, event_loops
 from controller.bench.probe import ActTap, Probe, TickStamp, lateness, tick_figures
 from controller.errors import ConfigError
 from controller.runtime import ControllerConfig
+from tests.controller.cli_util import run_program
 
 ROOT = Path(__file__).resolve().parents[2]
 PERIOD = 0.01
@@ -352,12 +353,9 @@ def test_bad_flags_are_one_line_before_any_model_loads(argv, capsys, monkeypatch
 
     monkeypatch.setattr(QwenVLAPolicy, "from_options", classmethod(no_model))
     monkeypatch.setattr(policies, "create", no_model)
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
+    code, _, err = run_program(main, capsys, *argv)
     assert code == 2
-    err = capsys.readouterr().err.strip()
+    err = err.strip()
     assert err.count("\n") == 0 and "error" in err, err
 
 
