@@ -35,7 +35,6 @@ import signal
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -45,7 +44,7 @@ from controller.config import DEFAULT_POLICY, RunConfig, as_table, from_mapping,
 from controller.errors import USER_ERRORS, describe, one_line
 from controller.executor import ComputeExecutor
 from controller.runtime import Controller
-from controller.settings import add_flags, apply_flags, describe_settings
+from controller.settings import add_flags, apply_flags, describe_settings, key_value
 from controller.telemetry import format_summary
 from controller.vl_process import PolicySpec
 from drivers.base import JudgesOutcome, ProposesInstruction
@@ -81,17 +80,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # a bare word is a string
-    return key.strip(), value
-
-
 #: Shorthands kept from before policies declared their own options: `--checkpoint DIR` is
 #: `--policy-option checkpoint=DIR` (options of the qwen-vla policy; see --help-policy).
 POLICY_OPTION_FLAGS = {"checkpoint": "DIR", "vl_model": "DIR_OR_ID"}
@@ -113,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--robot-option",
         metavar="KEY=VALUE",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         help="robot driver option (repeatable)",
@@ -131,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policy-option",
         metavar="KEY=VALUE",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         help="policy option (repeatable); --help-policy lists them",

@@ -14,6 +14,7 @@ key it stands for, so the file and the flags are read by one parser
 from __future__ import annotations
 
 import argparse
+import tomllib
 import typing
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
@@ -83,6 +84,23 @@ def converter_for(cls: type, name: str) -> Callable[[str], Any]:
         if entry.renamed is None and entry.name == name and entry.spec is not None:
             return _converter(entry)
     raise KeyError(f"{cls.__name__} has no option {name!r}")
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """argparse's `type=` for `KEY=VALUE` (plugin options, `--set`): the value read as TOML.
+
+    `0.002`, `true`, `"x"` are read as a TOML file would read them, so a
+    flag means what the same line in the config file means; a bare word that
+    TOML refuses is kept as a string. One parser for every tool with such flags.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string
+    return key.strip(), value
 
 
 def _help(entry: Entry) -> str:

@@ -24,7 +24,7 @@ from controller.bench.common import (
     policy_options,
     spread,
 )
-from controller.bench.vl import add_model_flags, device_info, timed
+from controller.bench.vl import add_model_flags, model_device, on_device, timed
 
 NAME = "act"
 HELP = "action latency of the policy's act (state and sensor encoders + action expert)"
@@ -79,9 +79,7 @@ def run(args: argparse.Namespace) -> Report:
     from drivers.base import JointLimits, RobotInfo
     from policies.qwen_vla.policy import QwenVLAPolicy
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = device_info(args.device)
+    dev = model_device(args)
     dof = args.dof
     robot = RobotInfo(
         "bench",
@@ -95,7 +93,7 @@ def run(args: argparse.Namespace) -> Report:
     progress.close(f"{args.iters} timed runs")
     report = Report(
         bench=NAME,
-        title=f"Action latency on {args.device}" + (f" ({dev['cuda']})" if dev["cuda"] else ""),
+        title=f"Action latency {on_device(dev)}",
         columns=COLUMNS,
         rows=rows,
         extra={"device": dev},

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import math
 import os
 import platform
 import shlex
 import sys
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import numpy as np
+
+from controller.errors import ConfigError
 
 #: Bumped when a report's layout changes in a way a reader must know about.
 SCHEMA = 1
@@ -79,18 +81,6 @@ def image_size(text: str) -> tuple[int, int]:
     )
 
 
-def key_value(text: str) -> tuple[str, Any]:
-    """`KEY=VALUE`, the value read as TOML (`0.002`, `true`, `"x"`), else kept as a bare word."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.strip(), value
-
-
 def add_policy_flags(p: argparse.ArgumentParser, *, device: str = "cpu") -> None:
     """The model a benchmark runs: the tiny default unless a checkpoint or VL model is named."""
     p.add_argument("--checkpoint", metavar="DIR", help="a trained qwen-vla checkpoint")
@@ -115,6 +105,25 @@ def policy_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
         **extra,
     }
     return {k: v for k, v in named.items() if v is not None}
+
+
+# -- event loops -----------------------------------------------------------------------------
+
+
+def have_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def event_loops(requested: Sequence[str] | None, default: Sequence[str]) -> list[str]:
+    """The event loops to run rows on: `requested`, else `default` (asyncio without uvloop).
+
+    uvloop named but not installed is refused before anything runs.
+    """
+    if requested is None:
+        return list(default) if have_uvloop() else ["asyncio"]
+    if "uvloop" in requested and not have_uvloop():
+        raise ConfigError("--event-loop uvloop: uvloop is not installed")
+    return list(requested)
 
 
 # -- where the figures come from ---------------------------------------------------------
@@ -226,6 +235,11 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def finish(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Close with how many rows ran and how many failed (a failed row holds an `error`)."""
+        failed = sum("error" in r for r in rows)
+        self.close(f"{len(rows)} rows" + (f", {failed} failed" if failed else ""))
+
     def close(self, message: str = "done") -> None:
         line = f"{self.what}: {message}"
         if self._tty:
@@ -307,6 +321,19 @@ class Report:
         if self.notes:
             out += ["", *(f"- {n}" for n in self.notes)]
         return "\n".join(out)
+
+    def note_failures(self, label: Callable[[Mapping[str, Any]], str]) -> None:
+        """Name each failed row and its error in the notes; count them in the JSON.
+
+        A failed row stays in the table (a hole in a sweep is a result), so
+        the reader needs its error next to it, not only in the progress log.
+        """
+        failed = [r for r in self.rows if "error" in r]
+        if failed:
+            self.notes.append(
+                "Failed rows: " + "; ".join(f"{label(r)}: {r['error']}" for r in failed)
+            )
+        self.extra["failed_rows"] = len(failed)
 
     def document(self, argv: Sequence[str] | None, settings: Mapping[str, Any]) -> dict[str, Any]:
         return {

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import itertools
 import sys
 import types
@@ -44,9 +43,9 @@ from controller.bench.common import (
     Progress,
     Report,
     add_policy_flags,
+    event_loops,
     fmt,
     fmt_spread,
-    key_value,
     number_in,
     policy_options,
     spread,
@@ -56,6 +55,7 @@ from controller.bench.runs import controller_run, note_run, run_on
 from controller.config import RunConfig, from_mapping
 from controller.errors import ConfigError, describe
 from controller.runtime import ControllerConfig
+from controller.settings import key_value
 
 NAME = "loop"
 HELP = "tick lateness, overhead and ticks on time of the controller beside the note's loop"
@@ -391,11 +391,7 @@ def plan(args: argparse.Namespace) -> list[tuple[Row, RunConfig]]:
             )
         if not values:
             raise ConfigError(f"--modes {key}: no values given")
-    have_uvloop = importlib.util.find_spec("uvloop") is not None
-    if args.event_loop is None:
-        args.event_loop = ["uvloop" if have_uvloop else "asyncio"]
-    elif "uvloop" in args.event_loop and not have_uvloop:
-        raise ConfigError("--event-loop uvloop: uvloop is not installed")
+    args.event_loop = event_loops(args.event_loop, default=["uvloop"])
     axes = mode_axes() if args.variants == "all" else {}
     combos = variants(axes, dict(args.modes))
     by_name = scenarios(args.encoder_ms / 1e3)
@@ -425,8 +421,7 @@ def run(args: argparse.Namespace) -> Report:
     for row, config in rows:
         progress.step(row.label)
         results.append(measure(args, row, config))
-    failed = sum("error" in r for r in results)
-    progress.close(f"{len(results)} rows, {failed} failed" if failed else f"{len(results)} rows")
+    progress.finish(results)
     add_ratios(results)
     axes = mode_axes()
     report = Report(
@@ -455,15 +450,7 @@ def run(args: argparse.Namespace) -> Report:
         + (", ".join(f"{k} {list(map(_show, v))}" for k, v in axes.items()) or "none")
         + ("" if args.variants == "all" else " (only the defaults were run: --variants default)"),
     ]
-    if failed:
-        report.notes.append(
-            "Failed rows: "
-            + "; ".join(
-                f"{r['hz']:g} Hz {r['scenario']} {r['design']} {describe_modes(r['modes'])}:"
-                f" {r['error']}"
-                for r in results
-                if "error" in r
-            )
-        )
-    report.extra["failed_rows"] = failed
+    report.note_failures(
+        lambda r: f"{r['hz']:g} Hz {r['scenario']} {r['design']} {describe_modes(r['modes'])}"
+    )
     return report

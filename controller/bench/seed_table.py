@@ -34,6 +34,7 @@ from controller.bench.common import (
     add_policy_flags,
     fmt,
     fmt_spread,
+    have_uvloop,
     number_in,
     policy_options,
     spread,
@@ -165,7 +166,7 @@ def _real_row(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     run = _real_config(args, "async" if mode == "note" else mode)
     probe = Probe()
     if mode == "note":
-        out = run_on("uvloop" if _have_uvloop() else "asyncio", note_run(run, args.seconds, probe))
+        out = run_on(_event_loop(), note_run(run, args.seconds, probe))
         ticks = tick_figures(probe.ticks, 1.0 / args.hz, "interval")
         span = ticks["span_s"]
         return {
@@ -181,15 +182,12 @@ def _real_row(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             "reuse_histogram": out["reuse_histogram"],
             "holds": out["queue_empty"],
         }
-    return _from_summary(
-        run_on("uvloop" if _have_uvloop() else "asyncio", controller_run(run, args.seconds, probe))
-    )
+    return _from_summary(run_on(_event_loop(), controller_run(run, args.seconds, probe)))
 
 
-def _have_uvloop() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("uvloop") is not None
+def _event_loop() -> str:
+    """uvloop if installed, else asyncio: the loop `python -m controller` would run on."""
+    return "uvloop" if have_uvloop() else "asyncio"
 
 
 def _reuse(hist: dict[int, int]) -> str:
@@ -242,8 +240,7 @@ def run(args: argparse.Namespace) -> Report:
         except Exception as exc:
             row["error"] = describe(exc)
         rows.append(row)
-    failed = sum("error" in r for r in rows)
-    progress.close(f"{len(rows)} rows" + (f", {failed} failed" if failed else ""))
+    progress.finish(rows)
     vl, act, period = args.encoder_ms / 1e3, args.action_ms / 1e3, 1.0 / args.hz
     grid = args.hz / math.ceil((vl + act) * args.hz - 1e-9)
     report = Report(
@@ -278,10 +275,5 @@ def run(args: argparse.Namespace) -> Report:
         " stays the newest for a whole encode after it lands, so its age at use reaches about"
         " twice the VL latency whatever the loop does."
     )
-    if failed:
-        report.notes.append(
-            "Failed rows: "
-            + "; ".join(f"{r['clock']} {r['mode']}: {r['error']}" for r in rows if "error" in r)
-        )
-    report.extra["failed_rows"] = failed
+    report.note_failures(lambda r: f"{r['clock']} {r['mode']}")
     return report

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -87,6 +87,20 @@ def device_info(device: str) -> dict[str, Any]:
     return {"device": device, "cuda": cuda, "torch_threads": torch.get_num_threads()}
 
 
+def model_device(args: argparse.Namespace) -> dict[str, Any]:
+    """Before a model is built: torch's threads as `--threads` asks, then the device checked."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device_info(args.device)
+
+
+def on_device(dev: Mapping[str, Any]) -> str:
+    """`on cuda:0 (NVIDIA H100)`, or `on cpu`: for a report's title."""
+    return f"on {dev['device']}" + (f" ({dev['cuda']})" if dev["cuda"] else "")
+
+
 def sync(device: Any) -> None:
     import torch
 
@@ -152,9 +166,7 @@ def run(args: argparse.Namespace) -> Report:
 
     from policies.qwen_vla.policy import QwenVLAPolicy, build_vl_encoder
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = device_info(args.device)
+    dev = model_device(args)
     options = policy_options(args, dtype=args.dtype)
     encoder = build_vl_encoder(QwenVLAPolicy.from_options(options).options, args.device)
     progress = Progress(len(args.images) * (args.warmup + args.iters), "vl")
@@ -166,7 +178,7 @@ def run(args: argparse.Namespace) -> Report:
     progress.close(f"{len(rows)} rows")
     report = Report(
         bench=NAME,
-        title=f"VL encode on {args.device}" + (f" ({dev['cuda']})" if dev["cuda"] else ""),
+        title=f"VL encode {on_device(dev)}",
         columns=COLUMNS,
         rows=rows,
         extra={

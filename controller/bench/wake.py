@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.util
 import math
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.bench.common import Column, Progress, Report, fmt, number_in
+from controller.bench.common import Column, Progress, Report, event_loops, fmt, number_in
 from controller.bench.runs import run_on
 from controller.clock import controller_clock
 from controller.errors import ConfigError, describe
@@ -282,11 +281,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, float, float]]:
     """Every row (loop, load, Hz, spin ms), checked before anything runs."""
-    have_uvloop = importlib.util.find_spec("uvloop") is not None
-    if args.event_loop is None:
-        args.event_loop = list(LOOPS) if have_uvloop else ["asyncio"]
-    elif "uvloop" in args.event_loop and not have_uvloop:
-        raise ConfigError("--event-loop uvloop: uvloop is not installed")
+    args.event_loop = event_loops(args.event_loop, default=LOOPS)
     for hz in args.hz:
         for spin_ms in args.spin_ms:
             if spin_ms / 1e3 >= 1.0 / hz:
@@ -319,8 +314,7 @@ def run(args: argparse.Namespace) -> Report:
             continue
         measured.append(row)
         rows.append(dataclasses.asdict(row))
-    failed = sum("error" in r for r in rows)
-    progress.close(f"{len(rows)} rows" + (f", {failed} failed" if failed else ""))
+    progress.finish(rows)
     advice = suggest(measured)
     report = Report(
         bench=NAME,
@@ -334,7 +328,6 @@ def run(args: argparse.Namespace) -> Report:
             "suggested_spin_ms": advice,
             # The GIL's switch interval sets how long the thread load can keep the loop waiting.
             "switch_interval_s": sys.getswitchinterval(),
-            "failed_rows": failed,
         },
     )
     report.notes += [
@@ -356,11 +349,5 @@ def run(args: argparse.Namespace) -> Report:
         )
         + ".",
     ]
-    if failed:
-        report.notes.append(
-            "Failed rows: "
-            + "; ".join(
-                f"{_key(r)} spin {r['spin_ms']:g} ms: {r['error']}" for r in rows if "error" in r
-            )
-        )
+    report.note_failures(lambda r: f"{_key(r)} spin {r['spin_ms']:g} ms")
     return report

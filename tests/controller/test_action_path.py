@@ -42,6 +42,16 @@ def path(ex, bound=0.001, settle=5, switches=None):
     )
 
 
+async def settled_short_act(switches=None):
+    """A 0.2 ms act run the 5 settle calls: the path runs it inline from the next call on."""
+    ex = SimulatedExecutor()
+    job = Job(ex, 0.0002)
+    p = path(ex, switches=switches)
+    for i in range(5):
+        await p.run(job, i, within=0.01)
+    return ex, job, p
+
+
 async def test_a_short_act_goes_inline_after_settle_calls_and_stops_paying_the_handoff(
     virtual_clock,
 ):
@@ -66,12 +76,8 @@ async def test_a_short_act_goes_inline_after_settle_calls_and_stops_paying_the_h
 async def test_an_act_that_grows_moves_back_to_the_lane_and_returns_only_after_twice_the_calls(
     virtual_clock,
 ):
-    ex = SimulatedExecutor()
-    job = Job(ex, 0.0002)
     switches = []
-    p = path(ex, switches=switches)
-    for i in range(5):
-        await p.run(job, i, within=0.01)
+    _ex, job, p = await settled_short_act(switches)
     assert p.inline
     job.cost = 0.004  # more than twice the bound: one call is enough evidence
     t0 = virtual_clock.time()
@@ -90,11 +96,7 @@ async def test_an_act_that_grows_moves_back_to_the_lane_and_returns_only_after_t
 
 
 async def test_a_slow_creep_of_the_mean_also_moves_back_to_the_lane(virtual_clock):
-    ex = SimulatedExecutor()
-    job = Job(ex, 0.0002)
-    p = path(ex)
-    for i in range(5):
-        await p.run(job, i, within=0.01)
+    _ex, job, p = await settled_short_act()
     assert p.inline
     job.cost = 0.0015  # over the bound, under twice it: the mean has to get there
     inline = []
@@ -116,11 +118,7 @@ async def test_a_policy_slow_from_the_start_never_runs_inline(virtual_clock):
 
 
 async def test_an_inline_act_past_the_timeout_is_overdue_and_not_returned(virtual_clock):
-    ex = SimulatedExecutor()
-    job = Job(ex, 0.0002)
-    p = path(ex)
-    for i in range(5):
-        await p.run(job, i, within=0.01)
+    _ex, job, p = await settled_short_act()
     job.cost = 0.02
     with pytest.raises(ActionOverdue) as caught:
         await p.run(job, 0, within=0.01)
@@ -136,11 +134,7 @@ async def test_a_lane_act_past_the_timeout_raises_timeout_error(virtual_clock):
 
 
 async def test_never_inline_while_the_lane_still_runs_a_job(virtual_clock):
-    ex = SimulatedExecutor()
-    job = Job(ex, 0.0002)
-    p = path(ex)
-    for i in range(5):
-        await p.run(job, i, within=0.01)
+    ex, job, p = await settled_short_act()
     assert p.inline
     # A job abandoned by a timeout still occupies the lane for 50 ms.
     slow = asyncio.ensure_future(ex.run(Lane.ACTION, Job(ex, 0.05), 0))
@@ -154,11 +148,7 @@ async def test_never_inline_while_the_lane_still_runs_a_job(virtual_clock):
 
 
 async def test_a_failing_inline_act_raises_and_is_measured(virtual_clock):
-    ex = SimulatedExecutor()
-    job = Job(ex, 0.0002)
-    p = path(ex)
-    for i in range(5):
-        await p.run(job, i, within=0.01)
+    ex, _job, p = await settled_short_act()
 
     def boom(_: int) -> int:
         ex.charge(0.005)

@@ -24,9 +24,11 @@ import pytest
 
 from controller.bench import loop as loop_bench
 from controller.bench.__main__ import main
-from controller.bench.common import Progress
+from controller.bench.common import Progress, Report, event_loops
 from controller.bench.probe import ActTap, Probe, TickStamp, lateness, tick_figures
+from controller.errors import ConfigError
 from controller.runtime import ControllerConfig
+from tests.controller.cli_util import run_program
 
 ROOT = Path(__file__).resolve().parents[2]
 PERIOD = 0.01
@@ -183,6 +185,33 @@ def test_progress_off_a_terminal_writes_a_few_lines(capsys) -> None:
     assert lines[-2].startswith("what [") and lines[-2].endswith("1000/1000 last")
 
 
+def test_failed_rows_are_counted_on_the_progress_line_and_named_in_the_notes(capsys) -> None:
+    rows = [{"n": 1}, {"n": 2, "error": "ValueError: bad"}, {"n": 3, "error": "OSError: gone"}]
+    Progress(3, "what").finish(rows)
+    Progress(1, "what").finish(rows[:1])
+    assert capsys.readouterr().err.splitlines() == ["what: 3 rows, 2 failed", "what: 1 rows"]
+    report = Report("b", "t", [], rows)
+    report.note_failures(lambda r: f"row {r['n']}")
+    assert report.notes == ["Failed rows: row 2: ValueError: bad; row 3: OSError: gone"]
+    assert report.extra["failed_rows"] == 2
+    clean = Report("b", "t", [], rows[:1])
+    clean.note_failures(lambda r: "unused")
+    assert clean.notes == [] and clean.extra["failed_rows"] == 0
+
+
+def test_uvloop_named_but_missing_is_refused_and_the_default_falls_back(monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a)
+    )
+    assert event_loops(None, default=["uvloop", "asyncio"]) == ["asyncio"]
+    assert event_loops(["asyncio"], default=["uvloop"]) == ["asyncio"]
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        event_loops(["asyncio", "uvloop"], default=["uvloop"])
+
+
 # -- smoke runs ----------------------------------------------------------------------------
 
 
@@ -324,12 +353,9 @@ def test_bad_flags_are_one_line_before_any_model_loads(argv, capsys, monkeypatch
 
     monkeypatch.setattr(QwenVLAPolicy, "from_options", classmethod(no_model))
     monkeypatch.setattr(policies, "create", no_model)
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
+    code, _, err = run_program(main, capsys, *argv)
     assert code == 2
-    err = capsys.readouterr().err.strip()
+    err = err.strip()
     assert err.count("\n") == 0 and "error" in err, err
 
 

@@ -22,6 +22,7 @@ from controller.bench import wake
 from controller.bench.__main__ import main
 from controller.bench.wake import WakeRow, figures, measure, suggest, table
 from controller.scheduler import Tick
+from tests.controller.cli_util import run_program
 
 
 def row(spin_ms: float, p99_us: float, **kw) -> WakeRow:
@@ -205,10 +206,7 @@ def test_bad_flags_are_one_line_before_any_row_runs(argv, says, capsys, monkeypa
         raise AssertionError("a row ran before the flags were checked")
 
     monkeypatch.setattr(wake, "measure", no_row)
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
+    code, _, err = run_program(main, capsys, *argv)
     assert code == 2
-    err = capsys.readouterr().err.strip()
+    err = err.strip()
     assert err.count("\n") == 0 and says in err, err
