@@ -21,7 +21,6 @@ import json
 import logging
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -41,7 +40,7 @@ from controller.evaluate.report import EpisodeResult, one_line, summarize
 from controller.evaluate.seeds import DEFAULT_SEED, SeedError, check_disjoint, dataset_seeds
 from controller.runtime import ControllerConfig
 from controller.safety import SafetyConfig
-from controller.settings import converter_for
+from controller.settings import converter_for, key_value
 from drivers.sim.config import SimCameraConfig
 from drivers.sim.task import TASKS
 from drivers.sim.world import WorldConfig
@@ -101,17 +100,6 @@ def _latencies(text: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # a bare word is a string
-    return key.strip(), value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -126,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument(
         "--policy-option",
         metavar="KEY=VALUE",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         help="policy option (repeatable)",
