@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The recipe of examples/reach/checkpoint, end to end (see README.md beside it for the figures).
-# As measured it reaches 15/20 (async, 0.3 s), not yet the goal: README.md says what limits it.
+# As measured it reaches 35/50 (70 %, async, 0.3 s), not yet the 90 % goal: README.md says what limits it.
 # Usage: examples/reach/recipe.sh WORKDIR   (from the repository root; ~60 min on 2 CPU cores,
 # ~10 GB of memory for step 2's frame and preprocessing caches)
 set -euo pipefail
