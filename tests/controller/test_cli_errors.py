@@ -370,12 +370,28 @@ def _argv(stats: Path, *extra: str, main: Sequence[str] = ("-m", "controller")) 
     return [sys.executable, *main, *FAST, "--stats-json", str(stats), *extra]
 
 
+def _default_stop_signals() -> None:
+    """In the child before exec: SIGINT, SIGTERM and SIGHUP at their defaults.
+
+    Why: a test run started under `nohup` or as a background job inherits
+    ignored SIGHUP (and SIGINT), and the controller rightly leaves a signal
+    that was ignored at start ignored; these tests are about a terminal's
+    signals reaching a controller started normally, whatever ran pytest.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def _running(tmp_path: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """The controller in a subprocess, and where its stats go; killed whatever the test does."""
     stats = tmp_path / "s.json"
     proc = subprocess.Popen(
-        _argv(stats, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _argv(stats, *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_stop_signals,
     )
     try:
         yield proc, stats
@@ -475,6 +491,7 @@ def test_sighup_before_the_loop_starts_is_recorded_and_nothing_connects(tmp_path
         capture_output=True,
         text=True,
         timeout=60,
+        preexec_fn=_default_stop_signals,
     )
     assert proc.returncode == 128 + signal.SIGHUP, proc.stderr[-3000:]
     assert "SIGHUP before the run started: not connecting" in proc.stderr
