@@ -69,13 +69,11 @@ MAX_DURATION = 1e7
 VLMode = Literal["async", "sync"]
 
 #: The precise wake's default spin, before the cap below: the timer stage must
-#: end before the deadline at p99.9 for the spin to catch it, and asyncio's
-#: timer wakes up to ~2 ms late here (FACTS: ~0.9-1.3 ms at p50; uvloop's fires
-#: within 1 ms either side). A probe on this 2-core machine, VL encoder in a
-#: subprocess, spinning the last 2 ms on the precise clock gave tick lateness p99
-#: 5-80 us against 1.5-3 ms without. To be confirmed in a quiet window with
-#: `python -m controller.bench wake` (the timer's own lateness p99.9 and the
-#: spin's CPU share, per loop and load): the smallest spin covering that p99.9.
+#: end before the deadline at p99.9 for the spin to catch it. Measured with
+#: `python -m controller.bench wake --hz 100 --spin-ms 0 1 2 3 --event-loop uvloop
+#: asyncio --load none thread process` (docs/performance.md, 2 cores): 1 ms covers
+#: uvloop and 2 ms asyncio (tick lateness p99 3-6 us, against 0.7-2.2 ms with no
+#: spin), unloaded or with the VL encoder in another process; 2 ms covers both.
 DEFAULT_SPIN = 0.002
 #: ... and at most this fraction of the period, so that at high rates the spin's
 #: CPU (the whole spin on uvloop, whose timer fires early) stays a bounded share.
