@@ -1,4 +1,4 @@
-"""Command-line parsing shared by the policy tools (`vl_cache`, `bench`)."""
+"""Command-line parsing shared by the policy tools (`vl_cache`, `train`) and `controller.bench`."""
 
 from __future__ import annotations
 

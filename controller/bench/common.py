@@ -20,11 +20,16 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 from controller.errors import ConfigError
+from policies.cli_args import OneLineArgumentParser
+
+#: Errors are one line naming the flag and the value, exit 2 (no usage block): the parser the
+#: policy tools already use, so every tool of the project refuses a flag the same way.
+OneLineParser = OneLineArgumentParser
 
 #: Bumped when a report's layout changes in a way a reader must know about.
 SCHEMA = 1
@@ -39,13 +44,6 @@ VERSIONED = (
     "numpy",
     "av",
 )
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Errors are one line naming the flag and the value, exit 2 (no usage block)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 # -- flag types ----------------------------------------------------------------------------
