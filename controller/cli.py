@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from controller.config import DEFAULT_POLICY, RunConfig, as_table, from_mapping, load_file
 from controller.errors import USER_ERRORS, describe, one_line
@@ -48,6 +48,7 @@ from controller.settings import add_flags, apply_flags, describe_settings, key_v
 from controller.telemetry import format_summary
 from controller.vl_process import PolicySpec
 from drivers.base import JudgesOutcome, ProposesInstruction
+from policies.cli_args import OneLineArgumentParser
 
 if TYPE_CHECKING:
     from controller.recording import Recorder
@@ -74,10 +75,8 @@ EXIT_GRACE_S = 5.0
 RECORD_CLOSE_S = 30.0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line, no usage dump: the message already names the flag and value.
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+#: One-line flag errors, exit 2 (EXIT_USAGE): the parser every tool here shares.
+_Parser = OneLineArgumentParser
 
 
 #: Shorthands kept from before policies declared their own options: `--checkpoint DIR` is

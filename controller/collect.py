@@ -59,7 +59,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 from controller.errors import ConfigError, describe, one_line
 from controller.settings import add_flags, apply_flags
@@ -67,6 +67,7 @@ from drivers.errors import DriverConfigError
 from drivers.options import build, option, validate
 from drivers.sim.model import MAX_IMAGE
 from drivers.sim.world import WorldConfig, plan_episode
+from policies.cli_args import OneLineArgumentParser
 
 log = logging.getLogger("controller.collect")
 
@@ -560,9 +561,8 @@ def open_dataset(config: CollectConfig) -> tuple[Any, int]:
 # Command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+#: One-line flag errors, exit 2 (EXIT_USAGE): the parser every tool here shares.
+_Parser = OneLineArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:

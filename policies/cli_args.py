@@ -1,4 +1,4 @@
-"""Command-line parsing shared by the policy tools (`vl_cache`, `train`) and `controller.bench`."""
+"""Command-line parsing shared by the policy tools (`vl_cache`, `train`) and the controller's (`controller`, `collect`, `evaluate`, `bench`)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from controller.errors import USER_ERRORS, PolicyError, describe
 from controller.errors import one_line as error_line
@@ -44,6 +44,7 @@ from controller.settings import converter_for, key_value
 from drivers.sim.config import SimCameraConfig
 from drivers.sim.task import TASKS
 from drivers.sim.world import WorldConfig
+from policies.cli_args import OneLineArgumentParser
 
 log = logging.getLogger("controller.evaluate")
 
@@ -63,9 +64,8 @@ class UsageError(Exception):
     """Bad input found after parsing: printed as one line, exit 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+#: One-line flag errors, exit 2 (EXIT_USAGE): the parser every tool here shares.
+_Parser = OneLineArgumentParser
 
 
 def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
