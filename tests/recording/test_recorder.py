@@ -83,6 +83,42 @@ def test_the_episodes_table_kept_between_commits_does_not_grow_a_chunk_per_episo
     check_dataset(tmp_path / "ds", [("a", 2, seed) for seed in range(4)])
 
 
+def test_files_close_at_the_frame_cap_so_a_commit_never_copies_the_whole_recording(
+    tmp_path, monkeypatch
+):
+    """Each commit rewrites the file it appends to; the cap bounds that copy. Episodes after
+    the cap start new files, and every reader finds each episode in its own file."""
+    from controller.recording import lerobot_v3
+    from policies.lerobot_dataset import LeRobotDataset
+
+    monkeypatch.setattr(lerobot_v3, "FILE_MAX_FRAMES", 20)
+    root = tmp_path / "ds"
+    episodes = [("a", 12, 0), ("b", 7, 1), ("a", 9, 2), ("b", 25, 3), ("a", 3, 4)]
+    rec = Recorder(root, fps=10, cameras=[synthetic.CAMERA])
+    for task, steps, seed in episodes[:3]:
+        synthetic.record_episode(rec, task, steps, seed=seed)
+    assert rec.close(30)
+    rec = Recorder(root, fps=10, cameras=[synthetic.CAMERA])  # appending honours the cap too
+    for task, steps, seed in episodes[3:]:
+        synthetic.record_episode(rec, task, steps, seed=seed)
+    assert rec.close(30) and rec.error is None
+    ds = check_dataset(root, episodes)
+    key = "observation.images.cam"
+    # 12 + 7 fit in 20 frames; 9 does not; 25 is over the cap alone and gets a file of its own.
+    assert [e[f"videos/{key}/file_index"] for e in ds.episodes] == [0, 0, 1, 2, 3]
+    assert [e["data/file_index"] for e in ds.episodes] == [0, 0, 1, 2, 3]
+    assert [e[f"videos/{key}/from_timestamp"] for e in ds.episodes] == [0.0, 1.2, 0.0, 0.0, 0.0]
+    ours = LeRobotDataset.open(root)
+    for i, (_task, steps, seed) in enumerate(episodes):
+        frames = ours.frames(i, ours.cameras[0])
+        assert len(frames) == steps
+        np.testing.assert_allclose(
+            ours.rows(i).state,
+            [synthetic.state(seed, k).positions for k in range(steps)],
+            rtol=1e-6,
+        )
+
+
 def _frame(seed: int, k: int) -> Frame:
     return Frame(synthetic.CAMERA, synthetic.image(seed, k), capture_time=float(k), seq=k)
 
