@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from controller.errors import ConfigError
-from controller.recording import DatasetDirError, Recorder, attach
+from controller.recording import DatasetDirError, Recorder, attach, lerobot_v3
 from controller.recording import video as video_mod
 from controller.recording.recorder import Recorder as _RecorderClass
 from drivers.base import Frame
+from policies.lerobot_dataset import LeRobotDataset
 from tests.recording import synthetic, v3_reader
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,9 +89,6 @@ def test_files_close_at_the_frame_cap_so_a_commit_never_copies_the_whole_recordi
 ):
     """Each commit rewrites the file it appends to; the cap bounds that copy. Episodes after
     the cap start new files, and every reader finds each episode in its own file."""
-    from controller.recording import lerobot_v3
-    from policies.lerobot_dataset import LeRobotDataset
-
     monkeypatch.setattr(lerobot_v3, "FILE_MAX_FRAMES", 20)
     root = tmp_path / "ds"
     episodes = [("a", 12, 0), ("b", 7, 1), ("a", 9, 2), ("b", 25, 3), ("a", 3, 4)]
