@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import numpy as np
 import pytest
@@ -84,6 +85,33 @@ def test_render_shows_time_in_the_disc_and_the_sequence_in_the_corner():
     np.testing.assert_array_equal(
         a[4:, 4:], render(32, 32, 1.5, 7)[4:, 4:]
     )  # seq only in the corner
+
+
+def _whole_frame_render(width: int, height: int, t: float, seq: int) -> np.ndarray:
+    """The scene drawn over every pixel: what `render`'s bounding-box drawing must equal."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.empty((height, width, 3), dtype=np.uint8)
+    img[..., 0] = (xx * 255 // max(1, width - 1)).astype(np.uint8)
+    img[..., 1] = (yy * 255 // max(1, height - 1)).astype(np.uint8)
+    img[..., 2] = 64
+    cx = width / 2 + 0.3 * width * math.cos(2 * math.pi * 0.25 * t)
+    cy = height / 2 + 0.3 * height * math.sin(2 * math.pi * 0.25 * t)
+    r = max(2.0, 0.1 * min(width, height))
+    img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (255, 32, 32)
+    img[0:4, 0:4] = seq % 256
+    return img
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (32, 32), (64, 48), (224, 224), (640, 480)])
+def test_render_draws_the_pixels_of_the_whole_frame_formula(size):
+    width, height = size
+    for t in np.linspace(0.0, 4.0, 23):  # a full turn of the disc, edges and corners included
+        np.testing.assert_array_equal(
+            render(width, height, float(t), 300), _whole_frame_render(width, height, float(t), 300)
+        )
+    first = render(width, height, 0.0, 1)
+    first[...] = 0  # a frame is the caller's to change: the next one is unaffected
+    assert render(width, height, 0.0, 1).any()
 
 
 def test_fake_option_errors_are_named():
