@@ -157,3 +157,96 @@ def test_a_new_rule_is_one_class_in_the_list():
     # Earlier rules still come first: the new rule never sees a missing input.
     assert f.check_inputs(now, None, ok) == "no_features"
     assert make().check_inputs(now, stamped("monday", now), ok) is None
+
+
+# -- the fast paths decide exactly as the numpy checks -----------------------------------
+
+
+def _reference_state_problem(f: SafetyFilter, s: RobotState) -> bool:
+    """Whether the state is implausible, by the numpy checks alone (the fast path's referee)."""
+    q, qd = np.asarray(s.positions, dtype=float), np.asarray(s.velocities, dtype=float)
+    if q.shape != (6,) or qd.shape != (6,):
+        return True
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
+        return True
+    m = f.config.position_margin
+    if np.any(q < f._lower - m) or np.any(q > f._upper + m):
+        return True
+    return bool(np.any(np.abs(qd) > 2.0 * f._max_velocity + 0.1))
+
+
+def _reference_filter(f: SafetyFilter, chunk: np.ndarray, s: RobotState):
+    """(send, reason, clamped, positions) by the numpy checks alone."""
+    if _reference_state_problem(f, s):
+        return False, "state_invalid", False, None
+    target = np.asarray(chunk, dtype=float)[0]
+    if not np.all(np.isfinite(target)):
+        return False, "action_not_finite", False, None
+    clamped = False
+    if np.any((target < f._lower) | (target > f._upper)):
+        if f.config.limit_mode == "reject":
+            return False, "position_limit", False, None
+        target, clamped = np.clip(target, f._lower, f._upper), True
+    current = np.asarray(s.positions, dtype=float)
+    step = target - current
+    if np.any(~(np.abs(step) <= f._max_step)):
+        if f.config.limit_mode == "reject":
+            return False, "velocity_limit", False, None
+        target, clamped = current + np.clip(step, -f._max_step, f._max_step), True
+    return True, None, clamped, target
+
+
+def _edge_values(rng, low, high, n):
+    """Values at, just inside and just outside the bounds, plus NaN, infinities and random ones."""
+    picks = [low, high, np.nextafter(low, -np.inf), np.nextafter(high, np.inf), 0.5 * (low + high)]
+    picks += [np.nan, np.inf, -np.inf]
+    out = rng.uniform(low - 0.5, high + 0.5, n)
+    chosen = rng.integers(0, 2 * len(picks), n)  # about half the entries are edge values
+    for i, c in enumerate(chosen):
+        if c < len(picks):
+            out[i] = picks[c][i] if np.ndim(picks[c]) else picks[c]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["clamp", "reject"])
+@pytest.mark.parametrize("limits", ["ur5", "infinite"])
+def test_fast_paths_decide_as_the_numpy_checks(mode, limits):
+    from drivers.base import JointLimits
+
+    lim = UR5_LIMITS
+    if limits == "infinite":  # a custom driver without position or speed bounds on some joints
+        lower, upper, speed = (
+            np.array(a, dtype=float) for a in (lim.lower, lim.upper, lim.max_velocity)
+        )
+        lower[1], upper[2], speed[3] = -np.inf, np.inf, np.inf
+        lim = JointLimits(lower, upper, speed)
+    f = SafetyFilter(SafetyConfig(limit_mode=mode), lim, PERIOD)
+    rng = np.random.default_rng(11)
+    lo_q = np.nan_to_num(f._lower - f.config.position_margin, neginf=-10.0)
+    hi_q = np.nan_to_num(f._upper + f.config.position_margin, posinf=10.0)
+    speed = np.nan_to_num(2.0 * f._max_velocity + 0.1, posinf=10.0)
+    for _ in range(3000):
+        q = _edge_values(rng, lo_q, hi_q, 6) if rng.random() < 0.3 else rng.uniform(-1.5, 1.5, 6)
+        qd = _edge_values(rng, -speed, speed, 6) if rng.random() < 0.3 else np.zeros(6)
+        s = RobotState(q, qd, 0.0)
+        assert (f.state_problem(s) is not None) == _reference_state_problem(f, s), (q, qd)
+        lo_a, hi_a = np.nan_to_num(f._lower, neginf=-10.0), np.nan_to_num(f._upper, posinf=10.0)
+        if rng.random() < 0.5:
+            target = _edge_values(rng, lo_a, hi_a, 6)
+        else:  # steps at and around the speed bound from the measured position
+            step = np.nan_to_num(f._max_step, posinf=1.0) * rng.choice([0.5, 1.0, -1.0, 1.0001], 6)
+            target = np.nan_to_num(q, nan=0.0, posinf=1.0, neginf=-1.0) + step
+        chunk = np.vstack([target, np.zeros(6)])
+        v = f.filter_action(chunk, s)
+        send, reason, clamped, positions = _reference_filter(f, chunk, s)
+        assert (v.send, v.reason, v.clamped) == (send, reason, clamped), (q, qd, target)
+        if send:
+            np.testing.assert_array_equal(v.positions, positions)
+
+
+def test_the_state_check_takes_any_numeric_sequence():
+    f = make()
+    assert f.state_problem(RobotState([0.0] * 6, (0,) * 6, 0.0)) is None
+    assert f.state_problem(RobotState(np.zeros(6, dtype=np.float32), np.zeros(6), 0.0)) is None
+    assert "non-finite" in f.state_problem(RobotState([0.0] * 5 + [float("nan")], [0.0] * 6, 0.0))
+    assert "not numbers" in f.state_problem(RobotState(["a"] * 6, [0.0] * 6, 0.0))
