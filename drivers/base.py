@@ -109,8 +109,16 @@ class JointLimits:
             raise ValueError(
                 "JointLimits: lower, upper and max_velocity must have one entry per joint"
             )
+        # NaN compares False with everything, so a NaN bound would switch its joint's
+        # check off; a negative speed bound would make the safety filter's velocity clamp
+        # (a clip to [-bound, bound]) move the joint whatever the target.
+        for name in ("lower", "upper", "max_velocity"):
+            if np.any(np.isnan(np.asarray(getattr(self, name), dtype=float))):
+                raise ValueError(f"JointLimits: {name} has a NaN entry")
         if np.any(np.asarray(self.lower) > np.asarray(self.upper)):
             raise ValueError("JointLimits: a lower bound exceeds its upper bound")
+        if np.any(np.asarray(self.max_velocity, dtype=float) < 0):
+            raise ValueError("JointLimits: a max_velocity entry is negative")
 
     @property
     def dof(self) -> int:

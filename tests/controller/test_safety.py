@@ -250,3 +250,25 @@ def test_the_state_check_takes_any_numeric_sequence():
     assert f.state_problem(RobotState(np.zeros(6, dtype=np.float32), np.zeros(6), 0.0)) is None
     assert "non-finite" in f.state_problem(RobotState([0.0] * 5 + [float("nan")], [0.0] * 6, 0.0))
     assert "not numbers" in f.state_problem(RobotState(["a"] * 6, [0.0] * 6, 0.0))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lower", np.nan, "lower has a NaN entry"),
+        ("upper", np.nan, "upper has a NaN entry"),
+        ("max_velocity", np.nan, "max_velocity has a NaN entry"),
+        ("max_velocity", -1.0, "max_velocity entry is negative"),
+    ],
+)
+def test_limits_that_would_switch_a_check_off_are_refused(field, value, message):
+    from drivers.base import JointLimits
+
+    arrays = {
+        "lower": np.full(6, -1.0),
+        "upper": np.full(6, 1.0),
+        "max_velocity": np.full(6, 1.0),
+    }
+    arrays[field][2] = value
+    with pytest.raises(ValueError, match=message):
+        JointLimits(**arrays)
