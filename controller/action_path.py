@@ -24,16 +24,29 @@ Hence the rule:
   when the average creeps over the bound; each such return doubles the
   calls needed to come back (up to `MAX_SETTLE`), so a policy hovering at the
   bound does not flap;
+* each `FORGIVE_AFTER` consecutive calls inline with no excursion halve the
+  calls needed again (down to `settle`): a policy that is short but, once
+  in a while, preempted by the OS or a neighbour on a shared machine (a
+  single long call) is not pushed for good onto the lane by a run's worth of
+  such rare excursions, while a hovering one never stays inline that long;
 * an inline call that took longer than the action timeout is treated as a
   timed-out action (`ActionOverdue`, a `TimeoutError`): the tick holds, its
   late result is never sent, exactly as on the lane.
 
 So the loop is blocked at most `bound` per tick in steady state, and by one
 longer call per excursion (the call that revealed it). The default bound
-(`ControllerConfig.action_inline_max`) is 1 ms, at most a tenth of the
-period: shorter than one RTDE state interval (2 ms at 500 Hz) and the
-loop's own timer resolution, so no input waits longer than it would anyway.
-A call that could hang (I/O, a lock) must not be inline: set the bound to 0.
+(`ControllerConfig.action_inline_max`) is 2 ms, at most a fifth of the
+period: one RTDE state interval (2 ms at 500 Hz), so at most one state
+sample waits in the socket meanwhile. It was 1 ms, from `act`'s time in a
+tight loop (the tiny default policy: 0.3 ms); inside a running controller
+the same `act` takes 1.0 ms p50, 1.3 ms p90 on the 2-core benchmark
+machine, because the 10 ms between ticks leave the caches cold, so it sat
+at the bound and ran on the lane at 99 % of ticks (`python -m
+controller.bench loop --hz 100 --scenario saturated --modes
+vl_worker=process --set action_inline_max=0.001`, then `=0.002`: 4 of 480
+calls inline against 453 of 480, controller overhead per tick p50 467 ->
+170 us). A call that could hang (I/O, a lock) must not be inline: set the
+bound to 0.
 
 The durations are the job's own time as the executor measures it (on the
 lane: on its worker, the hand-off excluded), so the choice is not fooled by
@@ -53,6 +66,8 @@ T = TypeVar("T")
 
 #: Most consecutive short calls ever required before going inline again.
 MAX_SETTLE = 1024
+#: Consecutive inline calls without an excursion that halve the calls required again.
+FORGIVE_AFTER = 256
 
 
 class ActionOverdue(TimeoutError):
@@ -171,6 +186,11 @@ class ActionPath:
             if seconds > 2 * rule.bound or self.ewma > rule.bound:
                 self._needed = min(2 * self._needed, MAX_SETTLE)
                 self._switch(False)
+                return
+            self._streak += 1
+            if self._streak >= FORGIVE_AFTER:
+                self._streak = 0
+                self._needed = max(self._needed // 2, rule.settle)
             return
         self._streak = self._streak + 1 if seconds <= rule.bound else 0
         if self._streak >= self._needed and self.ewma <= rule.bound:

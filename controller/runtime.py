@@ -79,11 +79,11 @@ DEFAULT_SPIN = 0.002
 #: CPU (the whole spin on uvloop, whose timer fires early) stays a bounded share.
 DEFAULT_SPIN_FRACTION = 0.2
 
-#: Default bound of an inline `act` (see `controller.action_path`): shorter than one
-#: RTDE state interval (2 ms at 500 Hz) and than the loop timer's own resolution...
-DEFAULT_INLINE_MAX = 0.001
-#: ... and at most this fraction of the period, so the loop is blocked a tenth of it at most.
-DEFAULT_INLINE_FRACTION = 0.1
+#: Default bound of an inline `act` (see `controller.action_path`, which says why
+#: 2 ms): one RTDE state interval (2 ms at 500 Hz)...
+DEFAULT_INLINE_MAX = 0.002
+#: ... and at most this fraction of the period, so the loop is blocked a fifth of it at most.
+DEFAULT_INLINE_FRACTION = 0.2
 #: Where the VL encoder runs (`ControllerConfig.vl_worker`).
 VLWorker = Literal["thread", "process"]
 
@@ -211,7 +211,7 @@ class ControllerConfig:
         low=0.0,
         high=0.01,
         flag=True,
-        default_text="1 ms, at most a tenth of the period",
+        default_text="2 ms, at most a fifth of the period",
     )
     #: None: one encode per control period. Features newer than the next tick are
     #: never used, and a free-running encoder only steals CPU and GIL from it.

@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from controller.action_path import MAX_SETTLE, ActionOverdue, ActionPath, InlineRule
+from controller.action_path import FORGIVE_AFTER, MAX_SETTLE, ActionOverdue, ActionPath, InlineRule
 from controller.executor import Lane
 from controller.harness import SimulatedExecutor
 
@@ -218,3 +218,54 @@ def test_bad_rules_are_refused():
         InlineRule(0.001, settle=0)
     with pytest.raises(ValueError, match="alpha"):
         InlineRule(0.001, alpha=0.0)
+
+
+async def test_a_long_stretch_inline_forgives_one_excursion_at_a_time(virtual_clock):
+    """Rare single long calls (a preempted thread) do not push a short act onto the lane for good."""
+    ex = SimulatedExecutor()
+    job = Job(ex, 0.0002)
+    p = path(ex, settle=5)
+    for i in range(5):
+        await p.run(job, i, within=0.01)
+    needed = 5
+    for _ in range(4):  # four excursions, each followed by the calls needed to return
+        job.cost = 0.01
+        await p.run(job, 0, within=1.0)
+        job.cost = 0.0002
+        needed *= 2
+        for i in range(needed - 1):
+            await p.run(job, i, within=0.01)
+        assert not p.inline
+        await p.run(job, 0, within=0.01)
+        assert p.inline
+    assert p._needed == 80
+    for i in range(FORGIVE_AFTER * 3):  # three long stretches inline: 80 -> 40 -> 20 -> 10
+        await p.run(job, i, within=0.01)
+    assert p.inline and p._needed == 10
+    for i in range(FORGIVE_AFTER * 10):
+        await p.run(job, i, within=0.01)
+    assert p._needed == 5  # never below settle
+    job.cost = 0.01
+    await p.run(job, 0, within=1.0)
+    job.cost = 0.0002
+    for i in range(9):
+        await p.run(job, i, within=0.01)
+    assert not p.inline  # the next excursion doubles from there: 10 calls
+    await p.run(job, 0, within=0.01)
+    assert p.inline
+
+
+async def test_a_policy_hovering_at_the_bound_is_never_forgiven(virtual_clock):
+    ex = SimulatedExecutor()
+    job = Job(ex, 0.0002)
+    p = path(ex, settle=5)
+    for i in range(5):
+        await p.run(job, i, within=0.01)
+    needed = [p._needed]
+    for i in range(20_000):  # every 100th call is long: never FORGIVE_AFTER calls in a row
+        job.cost = 0.01 if i % 100 == 99 else 0.0002
+        await p.run(job, i, within=1.0)
+        needed.append(p._needed)
+    assert needed == sorted(needed)  # never halved
+    # 5, 10, ..., 80 calls fit between two long ones; 160 never do: on the lane for good
+    assert p._needed == 160 and not p.inline

@@ -152,8 +152,8 @@ def test_defaults_scale_with_the_rate_and_a_blocking_bound_is_refused():
     assert ControllerConfig().wake_spin == pytest.approx(0.002)
     assert ControllerConfig(hz=1000).wake_spin == pytest.approx(0.0002)
     assert ControllerConfig(spin=0).wake_spin == 0
-    assert ControllerConfig().inline_bound == pytest.approx(0.001)
-    assert ControllerConfig(hz=1000).inline_bound == pytest.approx(0.0001)
+    assert ControllerConfig().inline_bound == pytest.approx(0.002)
+    assert ControllerConfig(hz=1000).inline_bound == pytest.approx(0.0002)
     assert ControllerConfig(action_inline_max=0).inline_bound == 0
     with pytest.raises(ConfigError, match="action_inline_max must be less than half"):
         ControllerConfig(hz=200, action_inline_max=0.003)
