@@ -127,11 +127,21 @@ def resolve_device(requested: str, cpu_threads: int | None = None) -> str:
     return requested
 
 
+def stream_priority(lane: Lane, priority_range: tuple[int, int]) -> int:
+    """The CUDA stream priority of a lane: the action lane the greatest the device offers.
+
+    `priority_range` is `torch.cuda.Stream.priority_range()`: (least, greatest),
+    lower numbers meaning higher priority (e.g. (0, -5)). A fixed -1 was only
+    the second of four levels on the H200 the GPU benchmark ran on (range 0
+    to -3), where the action lane's p99 rose 1.6 -> 5.3 ms beside a running
+    encode; the VL lane takes the least, below every other stream.
+    """
+    least, greatest = priority_range
+    return greatest if lane is Lane.ACTION else least
+
+
 class ComputeExecutor:
     """Two single-thread lanes sharing one torch device."""
-
-    # Lower number = higher priority in CUDA's stream priority range.
-    _PRIORITY = {Lane.ACTION: -1, Lane.VL: 0}
 
     def __init__(self, device: str = "auto", *, cpu_threads: int | None = None) -> None:
         self.requested = device
@@ -179,7 +189,8 @@ class ComputeExecutor:
     def _make_stream(self, lane: Lane) -> None:
         import torch
 
-        stream = torch.cuda.Stream(device=self.device, priority=self._PRIORITY[lane])
+        priority = stream_priority(lane, torch.cuda.Stream.priority_range())
+        stream = torch.cuda.Stream(device=self.device, priority=priority)
         torch.cuda.set_stream(stream)  # current stream is per thread: this lane's only
         self._streams[lane] = stream
         self._local.stream = stream

@@ -856,12 +856,17 @@ def encode_rate(
 
 
 def streams_note(device: str, mode: str) -> str:
-    from controller.executor import ComputeExecutor, Lane
+    from controller.executor import Lane, stream_priority
 
     if not device.startswith("cuda"):
         return "cpu: no streams"
-    prio = getattr(ComputeExecutor, "_PRIORITY", {})
-    note = f"action stream priority {prio.get(Lane.ACTION)}, VL stream priority {prio.get(Lane.VL)}"
+    import torch
+
+    span = torch.cuda.Stream.priority_range()
+    note = (
+        f"action stream priority {stream_priority(Lane.ACTION, span)},"
+        f" VL stream priority {stream_priority(Lane.VL, span)} (device range {span[0]} to {span[1]})"
+    )
     if mode == "process":
         note += (
             "; VL in another process (own CUDA context): stream priorities do not cross contexts"

@@ -212,8 +212,11 @@ def _worker_main(
         if device.startswith("cuda"):
             import torch
 
-            # The lowest priority, as the thread lane's VL stream.
-            stream = torch.cuda.Stream(device=device, priority=0)
+            from controller.executor import Lane, stream_priority
+
+            # The least priority, as the thread lane's VL stream.
+            priority = stream_priority(Lane.VL, torch.cuda.Stream.priority_range())
+            stream = torch.cuda.Stream(device=device, priority=priority)
             torch.cuda.set_stream(stream)
         # Only the VL half when the policy can load its halves apart (SplitLoad).
         vl = None

@@ -117,3 +117,12 @@ async def test_run_inline_refuses_while_the_lanes_worker_still_runs_a_job():
         assert ex.run_inline(Lane.ACTION, lambda: "inline")[0] == "inline"
     finally:
         await ex.close()
+
+
+def test_the_action_stream_asks_for_the_greatest_priority_the_device_offers():
+    from controller.executor import stream_priority
+
+    assert stream_priority(Lane.ACTION, (0, -5)) == -5  # CUDA: lower numbers are higher
+    assert stream_priority(Lane.VL, (0, -5)) == 0
+    assert stream_priority(Lane.ACTION, (0, -3)) == -3
+    assert stream_priority(Lane.ACTION, (0, 0)) == 0  # a device without stream priorities
