@@ -389,11 +389,12 @@ class SafetyFilter:
 # -- the fast paths ---------------------------------------------------------------
 #
 # Why: every tick asks both questions, and on 6 joints numpy's per-call cost
-# is all there is: about fifteen array calls per tick. Timed alone on the
-# 2-core benchmark machine (both questions, a plausible state and action):
-# 45 us back to back, 270 us when each pair follows a 10 ms sleep, as a tick
-# does (the caches have gone cold by then); with these fast paths 8 and
-# 135 us, a large part of the controller's overhead per tick (issue 11).
+# is all there is: about fifteen array calls per tick. `python -m
+# controller.bench tick-cost` ("both, in a tick's order") on the 2-core
+# benchmark machine: 80 us back to back and 310 us after a 10 ms sleep, as
+# a tick runs them (the caches have gone cold by then), with numpy alone;
+# 8 and 124 us with these fast paths, a large part of the controller's
+# overhead per tick (issue 11).
 #
 # Each fast path only ever ACCEPTS: every value inside closed, finite bounds
 # (NaN fails every comparison; an infinite limit is replaced by the largest

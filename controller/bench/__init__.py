@@ -1,4 +1,4 @@
-"""One benchmark suite: `python -m controller.bench loop|seed-table|vl|act|camera|wake`.
+"""One benchmark suite: `python -m controller.bench loop|seed-table|vl|act|camera|wake|tick-cost`.
 
 * `loop` (`loop.py`): tick lateness, overhead and ticks on time of the
   controller in each of its modes, beside the design note's loop
@@ -11,6 +11,9 @@
 * `wake` (`wake.py`): the scheduler alone: how late the loop's timer fires,
   what each spin buys and its CPU, per event loop, load and rate (to choose
   `controller.runtime.DEFAULT_SPIN`).
+* `tick-cost` (`tick_cost.py`): what the pieces of a tick (the safety
+  filter's two questions, an empty call, a numpy call) cost back to back
+  and after a sleep, i.e. on the cold cache every tick starts with.
 
 Each prints a Markdown table, writes JSON with `--json PATH` (the machine,
 the versions, the date and the exact command line beside the rows:

@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "act": "act",
     "camera": "camera",
     "wake": "wake",
+    "tick-cost": "tick_cost",
 }
 
 

@@ -342,6 +342,8 @@ def test_vl_and_act_report_split_latencies(tiny_cache, tmp_path, capsys) -> None
         ["act", "--dof", "0"],
         ["act", "--warmup", "-1"],
         ["camera", "--fps", "0"],
+        ["tick-cost", "--calls", "0"],
+        ["tick-cost", "--gap-ms", "0"],
     ],
 )
 def test_bad_flags_are_one_line_before_any_model_loads(argv, capsys, monkeypatch) -> None:
@@ -374,3 +376,23 @@ def test_the_json_holds_the_exact_command_line(tmp_path) -> None:
     assert "seed-table [" in done.stderr
     doc = json.loads(out.read_text())
     assert doc["command"].split() == cmd
+
+
+def test_tick_cost_times_each_piece_warm_and_after_a_sleep(tmp_path, capsys) -> None:
+    out = tmp_path / "tick.json"
+    assert main(["tick-cost", "--calls", "10", "--gap-ms", "1", "--json", str(out)]) == 0
+    assert "| piece | before each call |" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    _check_document(doc, "tick-cost", "python -m controller.bench tick-cost")
+    pieces = [
+        "empty call",
+        "numpy call",
+        "input checks",
+        "action filter",
+        "both, in a tick's order",
+    ]
+    assert [r["piece"] for r in doc["rows"]] == [p for p in pieces for _ in (0, 1)]
+    assert [r["gap_s"] for r in doc["rows"]] == [0.0, 0.001] * len(pieces)
+    for r in doc["rows"]:
+        assert r["cost_us"]["n"] == 10 and _ordered(r["cost_us"]) and r["cost_us"]["p50"] > 0
+        assert ("cold_over_warm" in r) == (r["gap_s"] > 0)
