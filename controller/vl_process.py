@@ -190,9 +190,14 @@ def _worker_main(
     cpu_threads: int | None,
     robot: RobotInfo,
     control_period: float,
+    nice: int = 0,
 ) -> None:
     """The worker: build and load the policy, then answer encodes until told to stop or orphaned."""
     _die_with_parent()
+    # Below the controller on a contended core: on 2 cores the encoder preempting the
+    # loop was a large part of the 100 Hz lateness p99 (`ControllerConfig.vl_worker_nice`).
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
     # Ctrl-C, a closing terminal's SIGHUP and a service manager's SIGTERM reach the
     # whole process group: the controller stops on them and then stops its worker, which
     # must not die first (the lane would count a crash and start a replacement mid-stop).
@@ -415,6 +420,7 @@ class ProcessVLPolicy:
         first_timeout: float = 30.0,
         load_timeout: float = LOAD_TIMEOUT,
         cpu_threads: int | None = None,
+        nice: int = 0,
         slots: int = 2,
     ) -> None:
         """`inner`: the policy built here (for `act`), else built from `spec`.
@@ -422,7 +428,9 @@ class ProcessVLPolicy:
         `timeout`: the hang bound of an encode; None derives it: until one
         encode after a worker's first has answered, `first_timeout` (the
         first initialises lazily), then `HANG_FACTOR` times the slowest of
-        those, at least `MIN_HANG`.
+        those, at least `MIN_HANG`. `nice`: the worker's CPU priority below
+        this process's (a Unix nice increment, 0-19; ignored where the OS
+        has no `os.nice`).
         """
         spec.check()
         for what, value in (("timeout", timeout), ("first_timeout", first_timeout)):
@@ -435,6 +443,9 @@ class ProcessVLPolicy:
         self.first_timeout = float(first_timeout)
         self.load_timeout = float(load_timeout)
         self.cpu_threads = cpu_threads
+        if not (isinstance(nice, int) and not isinstance(nice, bool) and 0 <= nice <= 19):
+            raise PolicyConfigError(f"VL worker: nice must be an integer in 0..19, got {nice!r}")
+        self.nice = nice
         self._ctx = multiprocessing.get_context("spawn")
         self._res = _Resources(slots)
         self._finalizer = weakref.finalize(self, self._res.release)
@@ -539,7 +550,9 @@ class ProcessVLPolicy:
         with self._res.lock:
             if self._res.closed:
                 raise VLWorkerError("VL worker: closed")
-            worker = _Worker(self._ctx, self.spec, (device, self.cpu_threads, robot, period))
+            worker = _Worker(
+                self._ctx, self.spec, (device, self.cpu_threads, robot, period, self.nice)
+            )
             self._res.worker = worker
             self.starts += 1
         log.info("VL worker %d started (policy %s on %s)", worker.pid, self.spec.name, device)

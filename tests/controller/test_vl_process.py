@@ -126,6 +126,25 @@ def test_a_load_failure_in_the_worker_is_one_clear_line_and_leaves_nothing():
 
 
 @pytest.mark.peer
+def test_the_worker_runs_at_a_lower_cpu_priority_than_the_controller():
+    lane = ProcessVLPolicy(PolicySpec("fake", QUICK), nice=7)
+    try:
+        lane.load("cpu", ROBOT, 0.1)
+        here = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, lane.pid) == min(19, here + 7)
+    finally:
+        lane.close()
+
+
+@pytest.mark.parametrize("nice", [-1, 20, 2.5, True])
+def test_a_nice_outside_0_to_19_is_refused(nice):
+    with pytest.raises(PolicyConfigError, match=r"nice must be an integer in 0\.\.19"):
+        ProcessVLPolicy(PolicySpec("fake", QUICK), nice=nice)
+    with pytest.raises(ConfigError, match="vl_worker_nice"):
+        ControllerConfig(vl_worker_nice=nice)
+
+
+@pytest.mark.peer
 def test_a_hung_worker_is_killed_and_replaced():
     lane = ProcessVLPolicy(
         PolicySpec("fake", {"vl_latency": 600, "action_latency": 0}), timeout=0.5
