@@ -52,6 +52,20 @@ async def settled_short_act(switches=None):
     return ex, job, p
 
 
+async def short_calls(p, job, n):
+    """`n` calls of the job at its short cost (0.2 ms)."""
+    job.cost = 0.0002
+    for i in range(n):
+        await p.run(job, i, within=0.01)
+
+
+async def one_long_call(p, job):
+    """One 10 ms call (an excursion past twice the 1 ms bound), then the job is short again."""
+    job.cost = 0.01
+    await p.run(job, 0, within=1.0)
+    job.cost = 0.0002
+
+
 async def test_a_short_act_goes_inline_after_settle_calls_and_stops_paying_the_handoff(
     virtual_clock,
 ):
@@ -185,17 +199,12 @@ async def test_the_settle_count_doubles_up_to_a_cap(virtual_clock):
     ex = SimulatedExecutor()
     job = Job(ex, 0.0002)
     p = path(ex, settle=300)
-    for i in range(300):
-        await p.run(job, i, within=0.01)
+    await short_calls(p, job, 300)
     for cost_then_calls in range(3):
         assert p.inline
-        job.cost = 0.01
-        await p.run(job, 0, within=1.0)
-        job.cost = 0.0002
+        await one_long_call(p, job)
         assert not p.inline
-        needed = min(300 * 2 ** (cost_then_calls + 1), MAX_SETTLE)
-        for i in range(needed):
-            await p.run(job, i, within=0.01)
+        await short_calls(p, job, min(300 * 2 ** (cost_then_calls + 1), MAX_SETTLE))
     assert p.inline
 
 
@@ -225,33 +234,24 @@ async def test_a_long_stretch_inline_forgives_one_excursion_at_a_time(virtual_cl
     ex = SimulatedExecutor()
     job = Job(ex, 0.0002)
     p = path(ex, settle=5)
-    for i in range(5):
-        await p.run(job, i, within=0.01)
+    await short_calls(p, job, 5)
     needed = 5
     for _ in range(4):  # four excursions, each followed by the calls needed to return
-        job.cost = 0.01
-        await p.run(job, 0, within=1.0)
-        job.cost = 0.0002
+        await one_long_call(p, job)
         needed *= 2
-        for i in range(needed - 1):
-            await p.run(job, i, within=0.01)
+        await short_calls(p, job, needed - 1)
         assert not p.inline
-        await p.run(job, 0, within=0.01)
+        await short_calls(p, job, 1)
         assert p.inline
     assert p._needed == 80
-    for i in range(FORGIVE_AFTER * 3):  # three long stretches inline: 80 -> 40 -> 20 -> 10
-        await p.run(job, i, within=0.01)
+    await short_calls(p, job, FORGIVE_AFTER * 3)  # three long stretches: 80 -> 40 -> 20 -> 10
     assert p.inline and p._needed == 10
-    for i in range(FORGIVE_AFTER * 10):
-        await p.run(job, i, within=0.01)
+    await short_calls(p, job, FORGIVE_AFTER * 10)
     assert p._needed == 5  # never below settle
-    job.cost = 0.01
-    await p.run(job, 0, within=1.0)
-    job.cost = 0.0002
-    for i in range(9):
-        await p.run(job, i, within=0.01)
+    await one_long_call(p, job)
+    await short_calls(p, job, 9)
     assert not p.inline  # the next excursion doubles from there: 10 calls
-    await p.run(job, 0, within=0.01)
+    await short_calls(p, job, 1)
     assert p.inline
 
 
@@ -259,8 +259,7 @@ async def test_a_policy_hovering_at_the_bound_is_never_forgiven(virtual_clock):
     ex = SimulatedExecutor()
     job = Job(ex, 0.0002)
     p = path(ex, settle=5)
-    for i in range(5):
-        await p.run(job, i, within=0.01)
+    await short_calls(p, job, 5)
     needed = [p._needed]
     for i in range(20_000):  # every 100th call is long: never FORGIVE_AFTER calls in a row
         job.cost = 0.01 if i % 100 == 99 else 0.0002
