@@ -68,6 +68,15 @@ T = TypeVar("T")
 MAX_SETTLE = 1024
 #: Consecutive inline calls without an excursion that halve the calls required again.
 FORGIVE_AFTER = 256
+#: Default bound of an inline `act` (see the module docstring for why 2 ms)...
+DEFAULT_INLINE_MAX = 0.002
+#: ... and at most this fraction of the period, so the loop is blocked a fifth of it at most.
+DEFAULT_INLINE_FRACTION = 0.2
+
+
+def default_inline_bound(period: float) -> float:
+    """The inline bound a controller at this period uses unless told otherwise."""
+    return min(DEFAULT_INLINE_MAX, DEFAULT_INLINE_FRACTION * period)
 
 
 class ActionOverdue(TimeoutError):

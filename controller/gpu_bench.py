@@ -3,6 +3,7 @@
     python -m controller.gpu_bench --out DIR [--budget-s 400] [--model 3b|tiny]
                                    [--device cuda|cpu] [--iters N] [--warmup N]
                                    [--action-seconds 20] [--action-hz 100]
+                                   [--action-path controller|lane]
                                    [--compile-backend inductor] [--compile-max-s S]
                                    [--skip vl|action|compile ...]
 
@@ -26,9 +27,14 @@ model, nothing downloaded):
    timeout is what the budget has left.
 2. The action lane (the qwen-vla action expert at the 3B hidden size,
    regression and flow heads) called at 100 Hz through the controller's
-   `ComputeExecutor`, with the VL lane (i) idle, (ii) encoding back to back on
-   the executor's VL thread, (iii) encoding back to back in a separate
-   process with its own CUDA context. Latency is what the asyncio caller sees.
+   `ActionPath` over its `ComputeExecutor` (`--action-path controller`, the
+   default: inline on the calling thread in the action stream while `act`
+   stays under the controller's default bound for that rate, else on the
+   action lane; `--action-path lane`: always on the lane, as before the
+   inline path existed), with the VL lane (i) idle, (ii) encoding back to
+   back on the executor's VL thread, (iii) encoding back to back in a
+   separate process with its own CUDA context. Latency is what the asyncio
+   caller sees; each row counts its inline calls.
 
 The tokenizer and processor are the embedded tiny default's (built at run
 time into a temporary `$VLA_CONTROLLER_CACHE`); its token ids are written
@@ -886,10 +892,13 @@ class ActionSetup:
 
 async def action_section(results: Results, args: argparse.Namespace, setup: ActionSetup) -> None:
     """(i) idle, (ii) thread lane, (iii) process lane; regression and flow heads in each."""
+    from controller.action_path import ActionPath, InlineRule, default_inline_bound
+    from controller.clock import precise_time
     from controller.executor import ComputeExecutor, Lane
 
     device = args.device
     seconds, hz = args.action_seconds, args.action_hz
+    bound = default_inline_bound(1.0 / hz) if args.action_path == "controller" else 0.0
     ex = ComputeExecutor(device)
     await ex.start()
     jobs: dict[str, Callable[[], Any]] = {}
@@ -910,9 +919,18 @@ async def action_section(results: Results, args: argparse.Namespace, setup: Acti
                 results.skip(name, "action", "budget", head=head, vl_lane=mode)
                 return
             log(results.budget, f"{name}: {seconds:g} s at {hz:g} Hz")
+            # A fresh path per window: each starts on the lane and earns inline as the
+            # controller's does; the timeout is left wide, latency is the figure.
+            path = ActionPath(ex, InlineRule(bound), clock=precise_time)
+            inline = 0
+
+            async def act() -> None:
+                nonlocal inline
+                inline += (await path.run(jobs[head], within=60.0)).inline
+
             try:
                 t_start = time.monotonic()
-                row = await action_window(lambda: ex.run(Lane.ACTION, jobs[head]), hz, seconds)
+                row = await action_window(act, hz, seconds)
                 t_end = time.monotonic()
                 if spans_fn is not None:
                     row.update(encode_rate(spans_fn(), t_start, t_end))
@@ -928,6 +946,9 @@ async def action_section(results: Results, args: argparse.Namespace, setup: Acti
                     "head": head,
                     "vl_lane": mode,
                     "streams": streams_note(device, mode),
+                    "action_path": args.action_path,
+                    "inline_bound_ms": bound * 1e3,
+                    "inline_calls": inline,
                     **row,
                 }
             )
@@ -1364,6 +1385,12 @@ def _pp(s: dict[str, Any] | None) -> str:
     return f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f}"
 
 
+def _path(row: dict[str, Any]) -> str:
+    if row.get("action_path") == "controller":
+        return f"inline under {row.get('inline_bound_ms', 0):g} ms, else lane"
+    return "lane"
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     """The readable table of whatever the JSON holds (a partial run gives a partial table)."""
     m = data.get("machine", {})
@@ -1406,8 +1433,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         "## Action lane, latency seen by the asyncio caller (ms)",
         "",
-        "| head | VL lane | p50 | p99 | max | ticks | missed | over period | VL encodes/s | streams |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| head | VL lane | action path | p50 | p99 | max | ticks | inline | missed | over period"
+        " | VL encodes/s | streams |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.get("section") != "action" or r.get("status") != "ok":
@@ -1415,9 +1443,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         lat = r.get("latency") or {}
         rate = r.get("vl_encode_rate_hz")
         lines.append(
-            f"| {r.get('head')} | {r.get('vl_lane')} | {lat.get('p50_ms', 0):.3f} |"
+            f"| {r.get('head')} | {r.get('vl_lane')} | {_path(r)} | {lat.get('p50_ms', 0):.3f} |"
             f" {lat.get('p99_ms', 0):.3f} | {lat.get('max_ms', 0):.3f} | {r.get('ticks')} |"
-            f" {r.get('missed_ticks')} | {r.get('over_period')} |"
+            f" {r.get('inline_calls', 0)} | {r.get('missed_ticks')} | {r.get('over_period')} |"
             f" {'-' if rate is None else f'{rate:.2f}'} | {r.get('streams', '')} |"
         )
     others = [r for r in rows if r.get("status") != "ok"]
@@ -1471,6 +1499,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="length of each action-lane window (default 20)",
     )
     p.add_argument("--action-hz", type=positive_float, default=100.0)
+    p.add_argument(
+        "--action-path",
+        choices=("controller", "lane"),
+        default="controller",
+        help="controller: inline while act is short, as the controller runs it (default);"
+        " lane: always on the action lane",
+    )
     p.add_argument(
         "--compile-backend",
         default="inductor",

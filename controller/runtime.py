@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 
 from controller import heap
-from controller.action_path import ActionPath, InlineRule
+from controller.action_path import ActionPath, InlineRule, default_inline_bound
 from controller.clock import controller_clock
 from controller.errors import ConfigError, PolicyError, WarmupError
 from controller.executor import Executor, Lane
@@ -79,11 +79,6 @@ DEFAULT_SPIN = 0.002
 #: CPU (the whole spin on uvloop, whose timer fires early) stays a bounded share.
 DEFAULT_SPIN_FRACTION = 0.2
 
-#: Default bound of an inline `act` (see `controller.action_path`, which says why
-#: 2 ms): one RTDE state interval (2 ms at 500 Hz)...
-DEFAULT_INLINE_MAX = 0.002
-#: ... and at most this fraction of the period, so the loop is blocked a fifth of it at most.
-DEFAULT_INLINE_FRACTION = 0.2
 #: Where the VL encoder runs (`ControllerConfig.vl_worker`).
 VLWorker = Literal["thread", "process"]
 #: The process VL worker's nice increment: the encoder is throughput work, the loop
@@ -304,7 +299,7 @@ class ControllerConfig:
         """The inline `act` bound in seconds, the default resolved."""
         if self.action_inline_max is not None:
             return self.action_inline_max
-        return min(DEFAULT_INLINE_MAX, DEFAULT_INLINE_FRACTION * self.period)
+        return default_inline_bound(self.period)
 
     @property
     def vl_min_interval(self) -> float:

@@ -116,6 +116,9 @@ def test_cpu_run_records_every_row_and_writes_the_table(tmp_path):
             assert r["streams"] == "cpu: no streams"
             assert r["ticks"] + r["missed_ticks"] == n_ticks
             assert r["latency"]["n"] == r["ticks"] and r["latency"]["p99_ms"] > 0
+            # Through the controller's action path: a short act earns the inline path.
+            assert r["action_path"] == "controller" and r["inline_bound_ms"] == 2.0
+            assert 0 <= r["inline_calls"] <= r["ticks"]
             if mode == "idle":
                 assert "vl_encodes" not in r
             else:  # the VL lane really ran during the window
