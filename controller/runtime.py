@@ -273,6 +273,7 @@ class ControllerConfig:
         " (a Unix nice increment, 0-19), so the control loop wins a contended core",
         low=0,
         high=19,
+        flag=True,
     )
 
     def __post_init__(self) -> None:

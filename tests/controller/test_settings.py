@@ -115,7 +115,7 @@ def test_flags_and_file_keys_build_the_same_run():
         "--spin", "0.001", "--vl-max-hz", "0", "--device", "cuda:1", "--duration", "3",
         "--stats-json", "s.json", "--record", "datasets/run", "--vl-mode", "sync",
         "--vl-latency", "0.3", "--action-inline-max", "0.0005",
-        "--vl-worker", "process", "--vl-worker-timeout", "1.5",
+        "--vl-worker", "process", "--vl-worker-timeout", "1.5", "--vl-worker-nice", "3",
     ]  # fmt: skip
     args = build_parser().parse_args(argv)
     from_flags = from_mapping(apply_flags(args, {}, "flags"), source="flags")
@@ -135,6 +135,7 @@ def test_flags_and_file_keys_build_the_same_run():
             "action_inline_max": 0.0005,
             "vl_worker": "process",
             "vl_worker_timeout": 1.5,
+            "vl_worker_nice": 3,
             "safety": {"max_feature_age": 2, "max_state_age": 0.2, "limit_mode": "reject"},
         }
     )
