@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU figures of docs/performance.md, in one quiet window (6-6.5 minutes, 2 cores).
+# The CPU figures of docs/performance.md, in one quiet window (about 7.5 minutes, 2 cores).
 #
 #   docs/measure_cpu.sh OUT_DIR            # the measurement: nothing else may run meanwhile
 #   docs/measure_cpu.sh OUT_DIR --smoke    # tiny durations: checks that every step runs
@@ -15,7 +15,8 @@
 #   loop-100hz   the control loop at 100 Hz: idle, saturated, slow-encoder; the note's loop
 #                and the controller with vl_worker thread and process, 10 s a row (1000 ticks:
 #                what "99.9 % on time" needs; 9 rows, ~110 s: ~2 s of start-up and warm-up a row)
-#   loop-10hz    the same at 10 Hz, 5 s a row (9 rows, ~70 s)
+#   loop-10hz    the same at 10 Hz, 15 s a row (150 ticks, so a row's p99 is not just its
+#                one worst tick; 9 rows, ~160 s)
 #   seed-table   the note's table: virtual rows and real rows, 6 s a real row (~25 s)
 #   vl           VL encode, 1 and 5 images, 100 timed runs each (~15 s)
 #   act          the action expert, 500 timed runs (~5 s)
@@ -62,7 +63,7 @@ if [ "$smoke" = 1 ]; then
     vl_runs=(--iters 2 --warmup 0); act_runs=(--iters 5 --warmup 1); tick_runs=(--calls 10)
     echo "SMOKE RUN: tiny durations; these figures are not results." > "$out/SMOKE.txt"
 else
-    wake_s=3; loop100_s=10; loop10_s=5; seed_s=6; seed_virtual=()
+    wake_s=3; loop100_s=10; loop10_s=15; seed_s=6; seed_virtual=()
     vl_runs=(--iters 100); act_runs=(); tick_runs=()
 fi
 
