@@ -132,7 +132,9 @@ class ControllerHarness:
     """Builds a controller from fakes (any part replaceable) and runs it on the current loop.
 
     `clock` replaces the controller clock (default: the running loop's, see
-    `controller.clock.controller_clock`); the other keywords are settings.
+    `controller.clock.controller_clock`), `sched` the OS's thread scheduling
+    calls behind `rt_priority` (`controller.realtime.Sched`); the other
+    keywords are settings.
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class ControllerHarness:
         check_invariants: bool = True,
         clock: Callable[[], float] | None = None,
         policy_spec: Any | None = None,
+        sched: Any | None = None,
         **config: Any,
     ) -> None:
         self.executor = executor or SimulatedExecutor()
@@ -166,6 +169,7 @@ class ControllerHarness:
             sensors=self.sensors,
             clock=clock,
             policy_spec=policy_spec,
+            sched=sched,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Judges every command against the fakes' ground truth (see controller.invariants).

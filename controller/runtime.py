@@ -34,9 +34,10 @@ import numpy as np
 
 from controller import heap
 from controller.action_path import ActionPath, InlineRule, default_inline_bound
-from controller.clock import controller_clock
+from controller.clock import controller_clock, keeps_real_time
 from controller.errors import ConfigError, PolicyError, WarmupError
 from controller.executor import Executor, Lane
+from controller.realtime import MAX_PRIORITY, RealtimeGrant, Sched, os_sched, realtime_thread
 from controller.safety import HoldReason, SafetyConfig, SafetyFilter
 from controller.scheduler import PeriodicScheduler, Tick
 from controller.slot import LatestValue, Stamped, pump
@@ -276,6 +277,18 @@ class ControllerConfig:
         flag=True,
     )
 
+    #: 0 (off) by default: it needs a privilege, and a real-time thread is the operator's
+    #: call, as with ros2_control's node (see `controller.realtime`).
+    rt_priority: int = option(
+        0,
+        help="run the control loop's thread under SCHED_FIFO at this priority (1-99; Linux;"
+        " needs root, CAP_SYS_NICE or an rtprio limit, else a warning and the normal"
+        " scheduler), so it preempts an encoder on its core at once; 0: the normal scheduler",
+        low=0,
+        high=MAX_PRIORITY,
+        flag=True,
+    )
+
     def __post_init__(self) -> None:
         validate(self, error=ConfigError)
         if self.spin is not None and not self.spin < self.period:
@@ -344,9 +357,12 @@ class Controller:
         sensors: Sequence[SensorDriver] = (),
         clock: Callable[[], float] | None = None,
         policy_spec: PolicySpec | None = None,
+        sched: Sched | None = None,
     ) -> None:
         """`clock` replaces the controller clock (tests); by default it is the running loop's
         (`controller.clock.controller_clock`), chosen when `run()` starts.
+        `sched` replaces the OS's thread scheduling calls behind `rt_priority` (tests); by
+        default they are the OS's, used only on a loop that keeps real time.
         `policy_spec`: the policy's plugin name and options, which `vl_worker = "process"`
         needs to build the policy's VL part again in the worker process.
         """
@@ -417,6 +433,10 @@ class Controller:
         self._tick_encode: asyncio.Future[Stamped[Any] | None] | None = None
         #: This run holds the heap frozen (`controller.heap`): released when the run ends.
         self._holds_heap = False
+        self._sched = sched
+        #: The loop thread's real-time scheduling while ticking: left when the run ends,
+        #: after the robot's stop (which goes out at the same priority).
+        self._realtime = contextlib.ExitStack()
 
     @property
     def sync(self) -> bool:
@@ -567,6 +587,7 @@ class Controller:
             self._set_phase(Phase.FAILED)
             raise
         finally:
+            self._realtime.close()
             self._run_task = None
             if self._holds_heap:  # thawed, or this run's cycles would never be collected
                 self._holds_heap = False
@@ -667,6 +688,7 @@ class Controller:
                     start = self._now()
                     self.telemetry.started = start
                     until = None if duration is None else start + duration
+                    self._enter_realtime()
                     tasks.append(tg.create_task(self._control_task(start, until), name="control"))
                     if self.config.status_interval:
                         tasks.append(tg.create_task(self._status_task(), name="status"))
@@ -681,6 +703,24 @@ class Controller:
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
+
+    def _enter_realtime(self) -> None:
+        """Real-time scheduling for the loop's thread from the first tick (`rt_priority`).
+
+        Only on a loop that keeps real time (or with a `sched` the test gave):
+        a test process on virtual time must not turn its own thread real-time.
+        """
+        priority = self.config.rt_priority
+        sched = self._sched
+        if sched is None and priority:
+            if not keeps_real_time(asyncio.get_running_loop()):
+                self.telemetry.realtime = RealtimeGrant(
+                    priority, False, "not applied: the loop runs on virtual time"
+                ).as_dict()
+                return
+            sched = os_sched()
+        grant = self._realtime.enter_context(realtime_thread(priority, sched))
+        self.telemetry.realtime = grant.as_dict()
 
     @staticmethod
     def _freeze_heap() -> None:

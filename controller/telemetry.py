@@ -128,6 +128,9 @@ class Telemetry:
         self.work = Series()
         self.wake_spin = Series()
         self.spin_total = 0.0
+        #: The control loop thread's scheduling (`controller.realtime.RealtimeGrant.as_dict`),
+        #: once ticking started.
+        self.realtime: dict[str, Any] | None = None
         self.action_latency = Series()
         self.act_compute = Series()
         self.action_handoff = Series()
@@ -223,6 +226,7 @@ class Telemetry:
             "wake_spin_cpu_fraction": round(self.spin_total / duration, 4)
             if duration > 0
             else None,
+            "realtime": self.realtime,
             "actions_sent": self.actions_sent,
             "actions_clamped": self.clamped,
             "action_latency_ms": self.action_latency.summary(1e3),
@@ -291,6 +295,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"actions sent        {summary['actions_sent']} ({summary['actions_clamped']} clamped)",
         f"holds               {summary['hold_ticks']} ticks in {summary['hold_episodes']} episodes {summary['holds'] or ''}",
     ]
+    realtime = summary.get("realtime")
+    if realtime and realtime.get("requested"):
+        at = next(i for i, line in enumerate(lines) if line.startswith("wake spin")) + 1
+        lines.insert(at, f"real-time           {realtime['detail']}")
     if summary["errors"]:
         lines.append(f"errors              {summary['errors']}")
     return "\n".join(lines)

@@ -116,6 +116,7 @@ def test_flags_and_file_keys_build_the_same_run():
         "--stats-json", "s.json", "--record", "datasets/run", "--vl-mode", "sync",
         "--vl-latency", "0.3", "--action-inline-max", "0.0005",
         "--vl-worker", "process", "--vl-worker-timeout", "1.5", "--vl-worker-nice", "3",
+        "--rt-priority", "40",
     ]  # fmt: skip
     args = build_parser().parse_args(argv)
     from_flags = from_mapping(apply_flags(args, {}, "flags"), source="flags")
@@ -136,6 +137,7 @@ def test_flags_and_file_keys_build_the_same_run():
             "vl_worker": "process",
             "vl_worker_timeout": 1.5,
             "vl_worker_nice": 3,
+            "rt_priority": 40,
             "safety": {"max_feature_age": 2, "max_state_age": 0.2, "limit_mode": "reject"},
         }
     )
