@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU figures of docs/performance.md, in one quiet window (about 7.5 minutes, 2 cores).
+# The CPU figures of docs/performance.md, in one quiet window (about 11 minutes, 2 cores).
 #
 #   docs/measure_cpu.sh OUT_DIR            # the measurement: nothing else may run meanwhile
 #   docs/measure_cpu.sh OUT_DIR --smoke    # tiny durations: checks that every step runs
@@ -17,6 +17,10 @@
 #                what "99.9 % on time" needs; 9 rows, ~110 s: ~2 s of start-up and warm-up a row)
 #   loop-10hz    the same at 10 Hz, 15 s a row (150 ticks, so a row's p99 is not just its
 #                one worst tick; 9 rows, ~160 s)
+#   loop-rt-100hz  the controller alone with rt_priority 0 and 50 (SCHED_FIFO for its loop
+#                thread) beside each other, both VL lanes, saturated and slow-encoder, 10 s a
+#                row (8 rows, ~110 s); the script runs as root here, else the rows say refused
+#   loop-rt-10hz the same at 10 Hz, saturated only, 15 s a row (4 rows, ~75 s)
 #   seed-table   the note's table: virtual rows and real rows, 6 s a real row (~25 s)
 #   vl           VL encode, 1 and 5 images, 100 timed runs each (~15 s)
 #   act          the action expert, 500 timed runs (~5 s)
@@ -102,6 +106,10 @@ step loop-100hz loop --hz 100 --scenario idle saturated slow-encoder --variants 
     --seconds "$loop100_s"
 step loop-10hz loop --hz 10 --scenario idle saturated slow-encoder --variants all \
     --seconds "$loop10_s"
+step loop-rt-100hz loop --hz 100 --scenario saturated slow-encoder --design controller \
+    --modes vl_worker=thread,process --modes rt_priority=0,50 --seconds "$loop100_s"
+step loop-rt-10hz loop --hz 10 --scenario saturated --design controller \
+    --modes vl_worker=thread,process --modes rt_priority=0,50 --seconds "$loop10_s"
 step seed-table seed-table --seconds "$seed_s" "${seed_virtual[@]}"
 step vl vl --images 1 5 "${vl_runs[@]}"
 step act act "${act_runs[@]}"

@@ -237,6 +237,9 @@ def measure(args: argparse.Namespace, row: Row, run: RunConfig) -> dict[str, Any
             "vl_encodes": out["vl_encodes"],
             "vl_latency_ms": out["vl_latency_ms"],
             "errors": out["errors"],
+            # What the loop thread's scheduling was, not just what was asked (rt_priority
+            # needs a privilege: a refused row ran under the normal scheduler).
+            "realtime": out.get("realtime"),
         }
     figures = tick_figures(probe.ticks, period, "interval" if row.design == "note" else "grid")
     result.update(figures)
@@ -450,6 +453,14 @@ def run(args: argparse.Namespace) -> Report:
         + (", ".join(f"{k} {list(map(_show, v))}" for k, v in axes.items()) or "none")
         + ("" if args.variants == "all" else " (only the defaults were run: --variants default)"),
     ]
+    refused = [
+        r for r in results if (rt := r.get("realtime")) and rt["requested"] and not rt["granted"]
+    ]
+    if refused:
+        report.notes.append(
+            f"rt_priority was REFUSED in {len(refused)} row(s), which ran under the normal"
+            f" scheduler: {refused[0]['realtime']['detail']}"
+        )
     report.note_failures(
         lambda r: f"{r['hz']:g} Hz {r['scenario']} {r['design']} {describe_modes(r['modes'])}"
     )

@@ -252,6 +252,28 @@ def test_loop_smoke_measures_both_loops_side_by_side(tiny_cache, tmp_path, capsy
             assert list(r["reuse_histogram"]) == ["1"]
 
 
+def test_loop_rows_say_whether_rt_priority_was_granted(
+    tiny_cache, tmp_path, capsys, monkeypatch
+) -> None:
+    """A row that asked for SCHED_FIFO and was refused ran under the normal scheduler: said so."""
+    from tests.controller.test_realtime import FakeSched
+
+    monkeypatch.setattr("controller.runtime.os_sched", lambda: FakeSched(refuse=True, limit=0))
+    out = tmp_path / "loop.json"
+    argv = [
+        "loop", "--seconds", "0.3", "--hz", "100", "--scenario", "idle", "--design",
+        "controller", "--modes", "vl_worker=thread", "--modes", "rt_priority=0,30", "--cache-dir", str(tiny_cache),
+        "--json", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    stdout, _ = capsys.readouterr()
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["modes"]["rt_priority"] for r in rows] == [0, 30]
+    assert [r["realtime"]["granted"] for r in rows] == [False, False]
+    assert rows[1]["realtime"]["requested"] == 30
+    assert "rt_priority was REFUSED in 1 row(s)" in stdout and "CAP_SYS_NICE" in stdout
+
+
 def test_seed_table_on_virtual_time_reproduces_the_notes_arithmetic(tmp_path, capsys) -> None:
     out = tmp_path / "seed.json"
     argv = ["seed-table", "--clock", "virtual", "--virtual-seconds", "30", "--json", str(out)]
