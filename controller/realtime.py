@@ -7,18 +7,19 @@ another thread) holds its core, and waits for the kernel to preempt it.
 Under the normal scheduler that wait is a fraction of a millisecond and
 sometimes several; under SCHED_FIFO the loop's thread preempts every
 normal task on its core the moment it becomes runnable. On the 2-core
-benchmark machine, 100 Hz with the process lane saturated, five pairs of
-8 s runs back to back: 800/800 ticks on time in 3 of 5 runs with it, 794-796
-in all 5 without; lateness p99 0.07-0.21 ms (median 0.18) against
-0.23-0.43 ms (median 0.30). `python -m controller.bench loop --modes
-rt_priority=0,50` measures it beside the normal scheduler.
+benchmark machine (docs/performance.md, "Real-time scheduling"), lateness
+p99 was lower with it in 11 of 12 rows paired back to back (process lane,
+100 Hz, encoder saturated: 0.082 and 0.236 ms against 0.495 and 0.336 ms);
+with the thread lane the loop waits for the GIL instead of for the CPU
+(overhead p99 ~4.5 ms), so it belongs with the process lane. `python -m
+controller.bench loop --modes rt_priority=0,50` measures it.
 
 Why opt-in (`ControllerConfig.rt_priority`, 0 by default). It needs a
 privilege (root, CAP_SYS_NICE, or an rtprio limit from
 /etc/security/limits.conf), and a real-time thread that never sleeps starves
 its core (the kernel's RT throttling still leaves 5 % of it to the rest).
 The loop's thread does sleep every tick, and its busy-wait is bounded (the
-spin, at most a fifth of a period); an inline `act` is bounded by the
+spin, at most a fifth of a period); an inline `act` is kept short by the
 action path's rule. A policy whose `act` can hang must not run inline
 (`action_inline_max = 0`) whatever the scheduling.
 
