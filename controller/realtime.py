@@ -23,13 +23,19 @@ spin, at most a fifth of a period); an inline `act` is kept short by the
 action path's rule. A policy whose `act` can hang must not run inline
 (`action_inline_max = 0`) whatever the scheduling.
 
-What it changes: only the calling thread (Linux applies a policy per
-thread), with SCHED_RESET_ON_FORK, so threads and processes it starts
+What it changes: the control path's threads, each by its own id (Linux
+applies a policy per thread): the event loop's, and the action lane's
+(`act` runs there whenever it is not inline, and the tick waits for it;
+left under the normal scheduler, that thread is preempted by the encoder
+while the real-time loop waits on it, a priority inversion: with every
+`act` on the lane, tick-to-command overhead p99 was 3.8-5.0 ms with only
+the loop real-time and 0.9-1.5 ms with both, five pairs of runs). Each is
+set with SCHED_RESET_ON_FORK, so threads and processes started meanwhile
 (an executor's lazily created workers, a restarted VL worker) get the
-normal policy back; the thread's previous policy is restored on exit. A
-refusal is not an error: the run goes on under the normal scheduler, says
-so in the log and in the summary (`realtime`), and names the missing
-privilege. Memory is not locked (`mlockall`, ros2_control's other step):
+normal policy; each gets its previous policy back when the run stops
+the robot. A refusal is not an error: the run goes on under the normal
+scheduler, says so in the log and in the summary (`realtime`), and names
+the missing privilege. Memory is not locked (`mlockall`, ros2_control's other step):
 with a model loaded that would pin gigabytes, and the heap is already
 kept out of the garbage collector's way (`controller.heap`).
 """
@@ -64,18 +70,18 @@ class RealtimeGrant:
 
 
 class Sched(Protocol):
-    """The calling thread's scheduling policy (the OS's, or a test's stand-in)."""
+    """A thread's scheduling policy (the OS's, or a test's stand-in); `tid` 0: the calling thread."""
 
     fifo: int
     #: Flag or-ed into the policy so threads and processes started meanwhile do not inherit it.
     reset_on_fork: int
 
-    def get(self) -> tuple[int, int]:
-        """(policy, priority) of the calling thread."""
+    def get(self, tid: int) -> tuple[int, int]:
+        """(policy, priority) of thread `tid` (its native id, `threading.get_native_id`)."""
         ...
 
-    def set(self, policy: int, priority: int) -> None:
-        """Set the calling thread's policy; raises `PermissionError` when not allowed."""
+    def set(self, tid: int, policy: int, priority: int) -> None:
+        """Set thread `tid`'s policy; raises `PermissionError` when not allowed."""
         ...
 
     def rtprio_limit(self) -> int | None:
@@ -84,17 +90,17 @@ class Sched(Protocol):
 
 
 class OsSched:
-    """The real one: `os.sched_*` on the calling thread (pid 0 is the thread on Linux)."""
+    """The real one: `os.sched_*`, which on Linux take a thread's id (0: the calling thread)."""
 
     def __init__(self) -> None:
         self.fifo: int = os.SCHED_FIFO
         self.reset_on_fork: int = getattr(os, "SCHED_RESET_ON_FORK", 0)
 
-    def get(self) -> tuple[int, int]:
-        return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    def get(self, tid: int) -> tuple[int, int]:
+        return os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
 
-    def set(self, policy: int, priority: int) -> None:
-        os.sched_setscheduler(0, policy, os.sched_param(priority))
+    def set(self, tid: int, policy: int, priority: int) -> None:
+        os.sched_setscheduler(tid, policy, os.sched_param(priority))
 
     def rtprio_limit(self) -> int | None:
         try:
@@ -124,11 +130,15 @@ def _refusal(priority: int, exc: OSError, sched: Sched) -> str:
 
 
 @contextlib.contextmanager
-def realtime_thread(priority: int, sched: Sched | None) -> Iterator[RealtimeGrant]:
-    """SCHED_FIFO at `priority` for the calling thread while inside; the previous policy after.
+def realtime_thread(
+    priority: int, sched: Sched | None, *, tid: int = 0, what: str = "the control loop's thread"
+) -> Iterator[RealtimeGrant]:
+    """SCHED_FIFO at `priority` for thread `tid` (0: the calling one) while inside; its previous
+    policy after.
 
     `priority` 0 changes nothing. `sched` None means the OS has no
-    SCHED_FIFO: nothing changes either, and the grant says why.
+    SCHED_FIFO: nothing changes either, and the grant says why. `what`
+    names the thread in the grant and the log.
     """
     if not 0 <= priority <= MAX_PRIORITY:
         raise ValueError(f"priority must be in 0..{MAX_PRIORITY}, got {priority!r}")
@@ -143,31 +153,29 @@ def realtime_thread(priority: int, sched: Sched | None) -> Iterator[RealtimeGran
         yield grant
         return
     try:
-        previous = sched.get()
-        sched.set(sched.fifo | sched.reset_on_fork, priority)
+        previous = sched.get(tid)
+        sched.set(tid, sched.fifo | sched.reset_on_fork, priority)
     except OSError as exc:
         grant = RealtimeGrant(priority, False, _refusal(priority, exc, sched))
         log.warning("real-time scheduling: %s", grant.detail)
         yield grant
         return
-    grant = RealtimeGrant(
-        priority, True, f"SCHED_FIFO priority {priority} on the control loop's thread"
-    )
+    grant = RealtimeGrant(priority, True, f"SCHED_FIFO priority {priority} on {what}")
     log.info("real-time scheduling: %s", grant.detail)
     try:
         yield grant
     finally:
-        _restore(sched, previous)
+        _restore(sched, tid, previous)
 
 
-def _restore(sched: Sched, previous: tuple[int, int]) -> None:
+def _restore(sched: Sched, tid: int, previous: tuple[int, int]) -> None:
     """Back to the thread's previous policy; never raises (the way out must go on)."""
     policy, priority = previous
     # Without privilege the reset-on-fork flag, once set, may not be cleared: keep it then
     # (it only affects what children inherit, and they get the normal policy anyway).
     for attempt in (policy, policy | sched.reset_on_fork):
         try:
-            sched.set(attempt, priority)
+            sched.set(tid, attempt, priority)
             return
         except OSError as exc:
             error = exc

@@ -26,6 +26,7 @@ import contextlib
 import enum
 import logging
 import math
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -583,6 +584,9 @@ class Controller:
                     # First thing on the way out, before cameras and links close.
                     if robot_touched:
                         await self._stop_robot()
+                    # The stop went out at the control path's priority; the rest of the
+                    # way out (drivers, the executor's lanes) does not need it.
+                    self._realtime.close()
         except BaseException:
             self._set_phase(Phase.FAILED)
             raise
@@ -688,7 +692,7 @@ class Controller:
                     start = self._now()
                     self.telemetry.started = start
                     until = None if duration is None else start + duration
-                    self._enter_realtime()
+                    await self._enter_realtime()
                     tasks.append(tg.create_task(self._control_task(start, until), name="control"))
                     if self.config.status_interval:
                         tasks.append(tg.create_task(self._status_task(), name="status"))
@@ -704,11 +708,14 @@ class Controller:
                 raise group.exceptions[0] from None
             raise
 
-    def _enter_realtime(self) -> None:
-        """Real-time scheduling for the loop's thread from the first tick (`rt_priority`).
+    async def _enter_realtime(self) -> None:
+        """Real-time scheduling for the control path's threads from the first tick (`rt_priority`).
 
-        Only on a loop that keeps real time (or with a `sched` the test gave):
-        a test process on virtual time must not turn its own thread real-time.
+        The loop's thread, then the action lane's (where `act` runs when it is
+        not inline: the tick waits for it, so it must not wait behind the
+        encoder for a CPU). Only on a loop that keeps real time (or with a
+        `sched` the test gave): a test process on virtual time must not turn
+        its own threads real-time.
         """
         priority = self.config.rt_priority
         sched = self._sched
@@ -720,6 +727,21 @@ class Controller:
                 return
             sched = os_sched()
         grant = self._realtime.enter_context(realtime_thread(priority, sched))
+        if grant.granted:
+            try:  # the lane is idle after the warm-up; one that does not answer stays as it is
+                async with asyncio.timeout(max(self.config.period, 0.1)):
+                    lane = await self.executor.run(Lane.ACTION, threading.get_native_id)
+            except TimeoutError:
+                log.warning("real-time scheduling: the action lane did not answer; left as it is")
+                lane = threading.get_native_id()
+            if lane != threading.get_native_id():  # a lane of its own, not this thread
+                also = self._realtime.enter_context(
+                    realtime_thread(priority, sched, tid=lane, what="the action lane's thread")
+                )
+                if also.granted:
+                    grant = RealtimeGrant(
+                        priority, True, f"{grant.detail} and the action lane's thread"
+                    )
         self.telemetry.realtime = grant.as_dict()
 
     @staticmethod

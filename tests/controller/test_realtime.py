@@ -6,11 +6,14 @@ import asyncio
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from controller.errors import ConfigError, PolicyError
+from controller.executor import Lane
+from controller.harness import SimulatedExecutor
 from controller.invariants import RobotProxy
 from controller.realtime import RealtimeGrant, os_sched, realtime_thread
 from controller.runtime import ControllerConfig
@@ -31,23 +34,29 @@ class FakeSched:
     def __init__(
         self, *, refuse: bool = False, limit: int | None = 0, sticky_reset: bool = False
     ) -> None:
-        self.policy = (NORMAL, 0)
+        #: Each thread's (policy, priority), by id (0: the calling thread, here the test's).
+        self.threads: dict[int, tuple[int, int]] = {}
         self.refuse = refuse
         self.limit = limit
         #: Like an unprivileged thread: the reset-on-fork flag, once set, cannot be cleared.
         self.sticky_reset = sticky_reset
         self.calls: list[tuple[int, int]] = []
 
-    def get(self) -> tuple[int, int]:
-        return self.policy
+    def get(self, tid: int) -> tuple[int, int]:
+        return self.threads.get(tid, (NORMAL, 0))
 
-    def set(self, policy: int, priority: int) -> None:
+    def set(self, tid: int, policy: int, priority: int) -> None:
         self.calls.append((policy, priority))
         if self.refuse and policy & FIFO:
             raise PermissionError(1, "Operation not permitted")
-        if self.sticky_reset and self.policy[0] & RESET and not policy & RESET:
+        if self.sticky_reset and self.get(tid)[0] & RESET and not policy & RESET:
             raise PermissionError(1, "Operation not permitted")
-        self.policy = (policy, priority)
+        self.threads[tid] = (policy, priority)
+
+    @property
+    def policy(self) -> tuple[int, int]:
+        """The calling thread's."""
+        return self.get(0)
 
     def rtprio_limit(self) -> int | None:
         return self.limit
@@ -55,6 +64,9 @@ class FakeSched:
     @property
     def realtime(self) -> bool:
         return bool(self.policy[0] & FIFO)
+
+    def is_realtime(self, tid: int) -> bool:
+        return bool(self.get(tid)[0] & FIFO)
 
 
 # -- the context manager ------------------------------------------------------------------
@@ -130,7 +142,7 @@ def test_a_failed_restore_is_logged_not_raised(caplog):
     assert "could not restore" in caplog.text
 
 
-def _always_refuse(policy: int, priority: int) -> None:
+def _always_refuse(tid: int, policy: int, priority: int) -> None:
     raise PermissionError(1, "Operation not permitted")
 
 
@@ -272,3 +284,98 @@ def test_the_cli_flag_names_a_bad_priority(capsys):
     line = one_error_line(err)
     assert code != 0
     assert "rt-priority" in line and "120" in line
+
+
+# -- the action lane's thread -------------------------------------------------------------------
+
+
+class OwnLaneThread(SimulatedExecutor):
+    """The simulated executor, reporting a thread of its own for the action lane (as the real one)."""
+
+    LANE = 424242
+
+    async def run_timed(self, lane: Lane, fn: Any, *args: Any) -> tuple[Any, float]:
+        if fn is threading.get_native_id:
+            return (self.LANE if lane is Lane.ACTION else threading.get_native_id()), 0.0
+        return await super().run_timed(lane, fn, *args)
+
+
+@pytest.mark.virtual_clock
+async def test_the_action_lane_runs_real_time_too_and_gets_its_policy_back(
+    controller_harness, virtual_clock
+):
+    """When `act` goes to the lane the tick waits for it: the lane must not wait for a CPU."""
+    sched = FakeSched()
+    robot = StopWatch(sched)
+    h = controller_harness(executor=OwnLaneThread(), robot=robot, sched=sched, rt_priority=40)
+    lane: list[bool] = []
+    h.controller.observers.append(
+        lambda event, _t, _d: (
+            lane.append(sched.is_realtime(OwnLaneThread.LANE)) if event == "tick" else None
+        )
+    )
+    s = await h.run(1)
+    assert lane and all(lane)
+    assert sched.get(OwnLaneThread.LANE) == (NORMAL, 0)
+    assert "and the action lane's thread" in s["realtime"]["detail"]
+
+
+@pytest.mark.virtual_clock
+async def test_a_lane_on_the_loops_own_thread_is_not_asked_twice(controller_harness, virtual_clock):
+    sched = FakeSched()
+    s = await controller_harness(sched=sched, rt_priority=40).run(0.5)  # jobs run on the loop
+    assert sched.calls == [(FIFO | RESET, 40), (NORMAL, 0)]
+    assert "action lane" not in s["realtime"]["detail"]
+
+
+@pytest.mark.skipif(os_sched() is None, reason="no SCHED_FIFO on this OS")
+def test_a_real_run_makes_the_loop_and_action_lane_threads_real_time_then_normal_again():
+    """Real time, the real executor, the OS's own calls: granted where privileged, else named."""
+    from controller.executor import ComputeExecutor
+    from controller.harness import ControllerHarness
+
+    seen: list[tuple[int, int]] = []
+    lanes: dict[str, int] = {}
+
+    async def main() -> dict[str, Any]:
+        executor = ComputeExecutor("cpu")
+        h = ControllerHarness(
+            executor=executor,
+            policy=FakePolicy(vl_latency=0.01, action_latency=0.001, burn=lambda _s: None),
+            rt_priority=1,
+            hz=20,
+            spin=0,
+            check_invariants=False,
+        )
+
+        def on_tick(event: str, _t: float, _d: Any) -> None:
+            if event == "tick" and "action" in lanes:
+                seen.append((os.sched_getscheduler(0), os.sched_getscheduler(lanes["action"])))
+
+        async def find_lane() -> None:
+            await h.until_active()
+            lanes["action"] = await executor.run(Lane.ACTION, threading.get_native_id)
+
+        h.controller.observers.append(on_tick)
+        finder = asyncio.ensure_future(find_lane())
+        summary = await h.run(0.5)
+        await finder
+        lanes["loop after"] = os.sched_getscheduler(0)
+        return summary
+
+    def body() -> dict[str, Any]:
+        return asyncio.run(main())
+
+    with ThreadPoolExecutor(1) as pool:  # never the test runner's own thread
+        summary = pool.submit(body).result(timeout=60)
+    grant = summary["realtime"]
+    reset = getattr(os, "SCHED_RESET_ON_FORK", 0)
+    assert seen
+    assert lanes["loop after"] == os.SCHED_OTHER  # the loop's thread is normal again
+    if grant["granted"]:
+        assert "and the action lane's thread" in grant["detail"]
+        assert all(loop & ~reset == os.SCHED_FIFO for loop, _ in seen)
+        assert all(lane & ~reset == os.SCHED_FIFO for _, lane in seen)
+    else:
+        assert "rtprio limit" in grant["detail"]
+        assert all(loop == lane == os.SCHED_OTHER for loop, lane in seen)
