@@ -7,12 +7,13 @@ another thread) holds its core, and waits for the kernel to preempt it.
 Under the normal scheduler that wait is a fraction of a millisecond and
 sometimes several; under SCHED_FIFO the loop's thread preempts every
 normal task on its core the moment it becomes runnable. On the 2-core
-benchmark machine (docs/performance.md, "Real-time scheduling"), lateness
-p99 was lower with it in 11 of 12 rows paired back to back (process lane,
-100 Hz, encoder saturated: 0.082 and 0.236 ms against 0.495 and 0.336 ms);
-with the thread lane the loop waits for the GIL instead of for the CPU
-(overhead p99 ~4.5 ms), so it belongs with the process lane. `python -m
-controller.bench loop --modes rt_priority=0,50` measures it.
+benchmark machine (docs/performance.md, "Real-time scheduling"), at 100 Hz
+with the encoder saturated or at 300 ms, every row with it held 999-1000
+of 1000 ticks on time with no action timeout (972-998 without), lateness
+p99 0.05-0.12 ms with the process lane. With the thread lane the loop can
+still wait for the GIL the VL thread holds, so it belongs with the process
+lane. `python -m controller.bench loop --modes rt_priority=0,50` measures
+it.
 
 Why opt-in (`ControllerConfig.rt_priority`, 0 by default). It needs a
 privilege (root, CAP_SYS_NICE, or an rtprio limit from
