@@ -36,7 +36,7 @@ import numpy as np
 from controller import heap
 from controller.action_path import ActionPath, InlineRule, default_inline_bound
 from controller.clock import controller_clock, keeps_real_time
-from controller.errors import ConfigError, PolicyError, WarmupError
+from controller.errors import ConfigError, PolicyError, WarmupError, describe
 from controller.executor import Executor, Lane
 from controller.realtime import MAX_PRIORITY, RealtimeGrant, Sched, os_sched, realtime_thread
 from controller.safety import HoldReason, SafetyConfig, SafetyFilter
@@ -731,8 +731,11 @@ class Controller:
             try:  # the lane is idle after the warm-up; one that does not answer stays as it is
                 async with asyncio.timeout(max(self.config.period, 0.1)):
                     lane = await self.executor.run(Lane.ACTION, threading.get_native_id)
-            except TimeoutError:
-                log.warning("real-time scheduling: the action lane did not answer; left as it is")
+            except Exception as exc:  # a timeout, or an executor that cannot say
+                log.warning(
+                    "real-time scheduling: the action lane's thread left as it is (%s)",
+                    describe(exc),
+                )
                 lane = threading.get_native_id()
             if lane != threading.get_native_id():  # a lane of its own, not this thread
                 also = self._realtime.enter_context(

@@ -379,3 +379,26 @@ def test_a_real_run_makes_the_loop_and_action_lane_threads_real_time_then_normal
     else:
         assert "rtprio limit" in grant["detail"]
         assert all(loop == lane == os.SCHED_OTHER for loop, lane in seen)
+
+
+class LaneCannotSay(SimulatedExecutor):
+    """An executor whose action lane fails the thread-id question (and nothing else)."""
+
+    async def run_timed(self, lane: Lane, fn: Any, *args: Any) -> tuple[Any, float]:
+        if fn is threading.get_native_id:
+            raise RuntimeError("lane gone")
+        return await super().run_timed(lane, fn, *args)
+
+
+@pytest.mark.virtual_clock
+async def test_a_lane_that_cannot_say_its_thread_is_left_as_it_is_and_the_run_goes_on(
+    controller_harness, virtual_clock, caplog
+):
+    sched = FakeSched()
+    h = controller_harness(executor=LaneCannotSay(), sched=sched, rt_priority=40)
+    with caplog.at_level(logging.WARNING):
+        s = await h.run(1)
+    assert s["ticks"] == 10 and s["realtime"]["granted"]
+    assert "action lane" not in s["realtime"]["detail"]
+    assert "left as it is (RuntimeError: lane gone)" in caplog.text
+    assert sched.policy == (NORMAL, 0)
