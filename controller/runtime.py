@@ -35,6 +35,7 @@ import numpy as np
 
 from controller import heap
 from controller.action_path import ActionPath, InlineRule, default_inline_bound
+from controller.bounded import within
 from controller.clock import controller_clock, keeps_real_time
 from controller.errors import ConfigError, PolicyError, WarmupError, describe
 from controller.executor import Executor, Lane
@@ -1025,8 +1026,7 @@ class Controller:
         self._holding = reason
         if new_episode:
             try:
-                async with asyncio.timeout(self._command_timeout):
-                    await self.robot.hold()
+                await within(self.robot.hold(), self._command_timeout)
             except TimeoutError:
                 self.telemetry.error("hold_timeout")
                 log.warning("robot.hold() did not return within %.3f s", self._command_timeout)
@@ -1107,8 +1107,8 @@ class Controller:
         self._seq += 1
         cmd = JointCommand(positions=verdict.positions, duration=self.config.period, seq=self._seq)
         try:
-            async with asyncio.timeout(self._command_timeout):
-                await self.robot.command(cmd)
+            # Bounded, with the timer armed only if the command waits (`controller.bounded`).
+            await within(self.robot.command(cmd), self._command_timeout)
         except TimeoutError:
             self.telemetry.error("command_timeout")
             await self._hold(HoldReason.ROBOT_DISCONNECTED)
