@@ -384,3 +384,23 @@ async def test_the_first_active_tick_never_sees_a_state_from_before_the_gc_pause
     s = await h.run(2)
     assert s["holds"] == {}
     assert s["actions_sent"] == s["ticks"] == 20
+
+
+@virtual
+async def test_a_hold_that_never_returns_is_bounded_too(controller_harness):
+    """A wedged link wedges `hold()` as well: each hold episode costs at most command_timeout."""
+
+    class WedgedHold(WedgeableRobot):
+        async def hold(self) -> None:
+            if self.wedged:
+                await asyncio.Event().wait()
+            await super().hold()
+
+    robot = WedgedHold(FakeRobotConfig())
+    h = controller_harness(robot=robot)
+    await _active_for(h, duration=6)
+    robot.wedged = True
+    s = await h.task  # ends on time: neither the command nor the hold stuck the control task
+    assert s["errors"].get("hold_timeout", 0) >= 1
+    assert s["errors"].get("command_timeout", 0) >= 20
+    assert s["holds"].get("robot_disconnected", 0) >= 20
