@@ -1,4 +1,4 @@
-"""Real-time CPU scheduling (SCHED_FIFO) for the control loop's thread, as ros2_control's node does.
+"""Real-time CPU scheduling (SCHED_FIFO) for the control path's threads, as ros2_control's node does.
 
 Why. The precise wake (`controller.scheduler`) removes the timer's
 millisecond; what remains of a tick's lateness on a loaded machine is the
@@ -29,8 +29,9 @@ applies a policy per thread): the event loop's, and the action lane's
 (`act` runs there whenever it is not inline, and the tick waits for it;
 left under the normal scheduler, that thread is preempted by the encoder
 while the real-time loop waits on it, a priority inversion: with every
-`act` on the lane, tick-to-command overhead p99 was 3.8-5.0 ms with only
-the loop real-time and 0.9-1.5 ms with both, five pairs of runs). Each is
+`act` on the lane, overhead per tick p99 was 2.7-4.8 ms with only the loop
+real-time and 0.8-1.1 ms with both, three pairs of runs; docs/performance.md,
+"Real-time scheduling"). Each is
 set with SCHED_RESET_ON_FORK, so threads and processes started meanwhile
 (an executor's lazily created workers, a restarted VL worker) get the
 normal policy; each gets its previous policy back when the run stops
@@ -58,7 +59,7 @@ MAX_PRIORITY = 99
 
 @dataclass(frozen=True, slots=True)
 class RealtimeGrant:
-    """What the control loop's thread got: the summary's `realtime`."""
+    """What the control path's threads got: the summary's `realtime`."""
 
     #: The priority asked for (0: real-time scheduling not asked for).
     requested: int

@@ -283,9 +283,10 @@ class ControllerConfig:
     #: call, as with ros2_control's node (see `controller.realtime`).
     rt_priority: int = option(
         0,
-        help="run the control loop's thread under SCHED_FIFO at this priority (1-99; Linux;"
-        " needs root, CAP_SYS_NICE or an rtprio limit, else a warning and the normal"
-        " scheduler), so it preempts an encoder on its core at once; 0: the normal scheduler",
+        help="run the control loop's and the action lane's threads under SCHED_FIFO at this"
+        " priority (1-99; Linux; needs root, CAP_SYS_NICE or an rtprio limit, else a warning"
+        " and the normal scheduler), so they preempt an encoder on their core at once;"
+        " 0: the normal scheduler",
         low=0,
         high=MAX_PRIORITY,
         flag=True,
@@ -436,8 +437,8 @@ class Controller:
         #: This run holds the heap frozen (`controller.heap`): released when the run ends.
         self._holds_heap = False
         self._sched = sched
-        #: The loop thread's real-time scheduling while ticking: left when the run ends,
-        #: after the robot's stop (which goes out at the same priority).
+        #: The control path's real-time scheduling while ticking: left right after the
+        #: robot's stop (which goes out at the same priority).
         self._realtime = contextlib.ExitStack()
 
     @property
@@ -729,6 +730,7 @@ class Controller:
             sched = os_sched()
         grant = self._realtime.enter_context(realtime_thread(priority, sched))
         if grant.granted:
+            own = lane = threading.get_native_id()
             try:  # the lane is idle after the warm-up; one that does not answer stays as it is
                 async with asyncio.timeout(max(self.config.period, 0.1)):
                     lane = await self.executor.run(Lane.ACTION, threading.get_native_id)
@@ -737,8 +739,7 @@ class Controller:
                     "real-time scheduling: the action lane's thread left as it is (%s)",
                     describe(exc),
                 )
-                lane = threading.get_native_id()
-            if lane != threading.get_native_id():  # a lane of its own, not this thread
+            if lane != own:  # a lane of its own, not this thread
                 also = self._realtime.enter_context(
                     realtime_thread(priority, sched, tid=lane, what="the action lane's thread")
                 )

@@ -128,7 +128,7 @@ class Telemetry:
         self.work = Series()
         self.wake_spin = Series()
         self.spin_total = 0.0
-        #: The control loop thread's scheduling (`controller.realtime.RealtimeGrant.as_dict`),
+        #: The control path threads' scheduling (`controller.realtime.RealtimeGrant.as_dict`),
         #: once ticking started.
         self.realtime: dict[str, Any] | None = None
         self.action_latency = Series()
@@ -274,6 +274,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         return f"p50 {d['p50']} / p99 {d['p99']} / max {d['max']} ms (n={d['count']})"
 
     r = summary["reuse"]
+    realtime = summary.get("realtime") or {}
     lines = [
         "── controller summary ──",
         f"duration            {summary['duration_s']} s at target {summary['hz_target']} Hz",
@@ -288,6 +289,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f" {summary['action_path_switches'] or ''}",
         f"wake spin           {s(summary['wake_spin_ms'])}"
         f" ({summary['wake_spin_cpu_fraction']} of the run)",
+        *([f"real-time           {realtime['detail']}"] if realtime.get("requested") else []),
         f"VL latency          {s(summary['vl_latency_ms'])}  ({summary['vl_encodes']} encodes)",
         f"feature age at use  {s(summary['feature_age_at_use_ms'])}",
         f"state age at use    {s(summary['state_age_at_use_ms'])}",
@@ -295,10 +297,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"actions sent        {summary['actions_sent']} ({summary['actions_clamped']} clamped)",
         f"holds               {summary['hold_ticks']} ticks in {summary['hold_episodes']} episodes {summary['holds'] or ''}",
     ]
-    realtime = summary.get("realtime")
-    if realtime and realtime.get("requested"):
-        at = next(i for i, line in enumerate(lines) if line.startswith("wake spin")) + 1
-        lines.insert(at, f"real-time           {realtime['detail']}")
     if summary["errors"]:
         lines.append(f"errors              {summary['errors']}")
     return "\n".join(lines)
