@@ -100,6 +100,12 @@ class Phase(enum.Enum):
     FAILED = "failed"
 
 
+_WROTE_STATE = (
+    "the policy's act() wrote into the robot state it was given (state.positions changed"
+    " in place); it must treat its inputs as read-only (copy before updating in place)"
+)
+
+
 class _FailureStreak:
     """Consecutive failures of one stage: tolerated (logged, counted) up to a limit, then fatal."""
 
@@ -428,6 +434,8 @@ class Controller:
         self._safety: SafetyFilter | None = None
         self._holding: HoldReason | None = None
         self._seq = 0
+        #: A state whose positions the policy's `act` wrote into: never acted on again.
+        self._written_state: RobotState | None = None
         self.robot_stops = 0
         self._vl_failures = _FailureStreak(
             "VL encoding", config.max_consecutive_failures, self.telemetry
@@ -805,9 +813,12 @@ class Controller:
                 waiting = "a first action"
                 state = self.state.latest()
                 assert state is not None
+                measured = safety.measured(state.value)
                 chunk = await self.actions.warm_up(
                     self.policy.act, feats.value, state.value, self._sensor_values()
                 )
+                if safety.measured(state.value) != measured:
+                    raise WarmupError(_WROTE_STATE)
                 verdict = safety.filter_action(chunk, state.value)
                 if verdict.reason in (HoldReason.ACTION_MALFORMED, HoldReason.ACTION_NOT_FINITE):
                     raise WarmupError(
@@ -1013,6 +1024,8 @@ class Controller:
             return ""
         if reason is HoldReason.ROBOT_NOT_READY:
             return f" ({latest.value.mode})"
+        if reason is HoldReason.STATE_INVALID and latest.value is self._written_state:
+            return " (the policy's act wrote into it; waiting for the next sample)"
         if reason is HoldReason.STATE_INVALID and self._safety is not None:
             return f" ({self._safety.state_problem(latest.value)})"
         return ""
@@ -1079,10 +1092,15 @@ class Controller:
             else None
         )
         reason = self._safety.check_inputs(now, feats, state, sensors)
+        if reason is None and state is not None and state.value is self._written_state:
+            reason = HoldReason.STATE_INVALID
         if reason is not None:
             await self._hold(reason)
             return
         assert feats is not None and state is not None
+        # The positions the checks accepted, copied before `act` is handed the state:
+        # the step limit is judged from these (`SafetyFilter.measured`).
+        measured = self._safety.measured(state.value)
         sensor_values = {name: st.value for name, st in sensors.items() if st is not None}
         t0 = self._now()
         try:
@@ -1097,10 +1115,17 @@ class Controller:
             failures.failed(exc, "action")
             await self._hold(HoldReason.ACTION_ERROR)
             return
-        failures.succeeded()
         latency = self._now() - t0
+        if self._safety.measured(state.value) != measured:
+            # Its action came from positions it changed itself, and the state object
+            # stays in the slot until the next sample: neither is used again.
+            self._written_state = state.value
+            failures.failed(PolicyError(_WROTE_STATE), "action")
+            await self._hold(HoldReason.ACTION_ERROR)
+            return
+        failures.succeeded()
         chunk = acted.value
-        verdict = self._safety.filter_action(chunk, state.value)
+        verdict = self._safety.filter_action(chunk, state.value, measured)
         if not verdict.send:
             await self._hold(verdict.reason or HoldReason.ACTION_MALFORMED)
             return

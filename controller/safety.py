@@ -301,6 +301,8 @@ class SafetyFilter:
         margin = config.position_margin
         self._state_low = _finite(np.concatenate((self._lower - margin, -speed)), big)
         self._state_high = _finite(np.concatenate((self._upper + margin, speed)), big)
+        self._position_low = self._state_low[: limits.dof]
+        self._position_high = self._state_high[: limits.dof]
         self._action_low = _finite(self._lower, big)
         self._action_high = _finite(self._upper, big)
         self._step_bound = _finite(self._max_step, big)
@@ -347,9 +349,35 @@ class SafetyFilter:
         return None
 
     # -- action ----------------------------------------------------------------
-    def filter_action(self, chunk: Any, state: RobotState) -> Verdict:
-        """Pick the chunk's first action and make it safe, or say why it cannot be."""
-        if self.state_problem(state) is not None:
+    def measured(self, state: RobotState) -> list[float]:
+        """The state's joint positions as a copy, taken when the input checks accepted it.
+
+        Why: `act` is handed the state object itself, and a policy that
+        writes into `state.positions` (a bug, an in-place update in someone's
+        pre-processing) would otherwise move the very positions the step
+        limit is judged from: writing its target there makes any jump look
+        like no step at all. The controller takes this copy before `act` and
+        gives it to `filter_action`. Call only on a state `check_inputs`
+        accepted (its positions are `dof` finite numbers).
+        """
+        return np.asarray(state.positions, dtype=np.float64).tolist()
+
+    def filter_action(
+        self, chunk: Any, state: RobotState, measured: Sequence[float] | None = None
+    ) -> Verdict:
+        """Pick the chunk's first action and make it safe, or say why it cannot be.
+
+        `measured`: the positions from `measured(state)` taken before `act`
+        ran; without it the state's positions are read (and checked) now.
+        """
+        if measured is None:
+            if self.state_problem(state) is not None:
+                return Verdict(None, HoldReason.STATE_INVALID)
+            measured = np.asarray(state.positions, dtype=np.float64).tolist()
+        elif not (
+            len(measured) == self.limits.dof
+            and _within(list(measured), self._position_low, self._position_high)
+        ):
             return Verdict(None, HoldReason.STATE_INVALID)
         try:
             arr = np.asarray(chunk, dtype=np.float64)
@@ -361,9 +389,9 @@ class SafetyFilter:
         if arr.ndim != 2 or arr.shape[1] != dof or arr.shape[0] < 1:
             return Verdict(None, HoldReason.ACTION_MALFORMED)
         target = arr[0]
-        current = np.asarray(state.positions, dtype=np.float64)
-        if _sendable(target.tolist(), current.tolist(), self):
+        if _sendable(target.tolist(), measured, self):
             return Verdict(target, None, False)
+        current = np.asarray(measured, dtype=np.float64)
         # Something to refuse or clamp (the fast check only ever accepts): find out what.
         if not np.all(np.isfinite(target)):
             return Verdict(None, HoldReason.ACTION_NOT_FINITE)

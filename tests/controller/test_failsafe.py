@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from controller.errors import ConfigError
+from controller.errors import ConfigError, PolicyError, WarmupError
 from controller.faults import WedgeableRobot
 from controller.runtime import ControllerConfig, Phase
 from controller.safety import HoldReason, SafetyConfig, SafetyFilter
@@ -404,3 +404,43 @@ async def test_a_hold_that_never_returns_is_bounded_too(controller_harness):
     assert s["errors"].get("hold_timeout", 0) >= 1
     assert s["errors"].get("command_timeout", 0) >= 20
     assert s["holds"].get("robot_disconnected", 0) >= 20
+
+
+class _WritesState(FakePolicy):
+    """A policy that, from its `start`-th call, writes its target into `state.positions`."""
+
+    def __init__(self, start: int) -> None:
+        super().__init__()
+        self.start = start
+        self.calls = 0
+
+    def act(self, features, state, sensors):
+        self.calls += 1
+        if self.calls < self.start:
+            return super().act(features, state, sensors)
+        target = np.asarray(state.positions, dtype=np.float64) + 0.5  # far beyond one step
+        state.positions[:] = target  # then the jump would look like no step at all
+        return target[None, :]
+
+
+@virtual
+async def test_a_policy_that_writes_into_the_state_is_stopped_at_warm_up(controller_harness):
+    h = controller_harness(policy=_WritesState(start=1))
+    with pytest.raises(WarmupError, match=r"act\(\) wrote into the robot state"):
+        await h.run(2)
+    assert not h.robot.commands
+
+
+@virtual
+async def test_a_policy_that_writes_into_the_state_never_gets_a_command_out(controller_harness):
+    """The step limit is judged from a copy of the positions the checks accepted, and a
+    policy caught writing into its state holds the tick and counts as a failing policy:
+    no command is computed from positions it changed (the harness's invariants judge
+    every step from the state as it was before `act`), and the run ends naming why."""
+    robot = FakeRobot(FakeRobotConfig())
+    h = controller_harness(robot=robot, policy=_WritesState(start=20))
+    with pytest.raises(PolicyError, match=r"act\(\) wrote into the robot state"):
+        await h.run(10)
+    s = h.controller.telemetry.summary()
+    assert s["holds"].get("action_error", 0) == h.config.max_consecutive_failures - 1
+    assert s["errors"].get("action") == h.config.max_consecutive_failures
