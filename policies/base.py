@@ -42,7 +42,10 @@ class Policy(Protocol):
     `PolicyConfigError` if the policy does not fit the robot (joint count,
     action space). `act` returns a chunk of ABSOLUTE joint position targets in
     radians, shape `(horizon, robot.dof)`, one row per control period; the
-    controller executes row 0 each tick.
+    controller executes row 0 each tick. `act` must treat its inputs as
+    read-only: the controller checks that the state's positions are unchanged
+    after the call and refuses a policy that wrote into them (the step limit
+    is judged from the positions as measured).
     """
 
     name: str
