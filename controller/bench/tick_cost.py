@@ -74,7 +74,8 @@ def pieces() -> dict[str, Callable[[], Any]]:
         return reason
 
     def filt() -> Any:
-        verdict = safety.filter_action(chunk, state)
+        # As a tick does: the positions copied before act, then the filter judged from them.
+        verdict = safety.filter_action(chunk, state, safety.measured(state))
         assert verdict.send, verdict.reason
         return verdict
 

@@ -6,7 +6,7 @@ import pytest
 from controller.errors import ConfigError
 from controller.safety import SafetyConfig, SafetyFilter
 from controller.slot import Stamped
-from drivers.base import RobotState
+from drivers.base import RobotState, SensorReading
 from drivers.fake import UR5_LIMITS
 
 PERIOD = 0.1
@@ -242,6 +242,108 @@ def test_fast_paths_decide_as_the_numpy_checks(mode, limits):
         assert (v.send, v.reason, v.clamped) == (send, reason, clamped), (q, qd, target)
         if send:
             np.testing.assert_array_equal(v.positions, positions)
+
+
+def _reference_inputs(f: SafetyFilter, now, feats, st, sensors):
+    """The hold reason by asking every rule in turn (the input fast path's referee)."""
+    from controller.safety import Inputs
+
+    inputs = Inputs(now, feats, st, sensors)
+    for rule in f.rules:
+        reason = rule.check(inputs, f)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _odd_form(rng, values):
+    """The same numbers as a driver or policy might hand them over: other dtypes, lists."""
+    pick = rng.integers(0, 6)
+    if pick == 0:
+        return values.astype(np.float32)
+    if pick == 1:
+        return list(values)
+    if pick == 2:
+        return np.round(np.clip(np.nan_to_num(values), -9, 9)).astype(np.int64)
+    if pick == 3:
+        return values.astype(object)
+    if pick == 4:
+        return values[: rng.integers(0, values.size)]  # too short
+    return values
+
+
+@pytest.mark.parametrize("mode", ["clamp", "reject"])
+def test_the_tick_fast_paths_decide_as_the_rules_and_the_numpy_filter(mode):
+    """`check_inputs` and `filter_action(..., measured)` with their fast paths give what the
+    rules one by one and the numpy filter give: times at, inside and beyond the limits
+    (NaN, infinities, the future), states and chunks in other dtypes, shapes and types."""
+    f = SafetyFilter(SafetyConfig(limit_mode=mode), UR5_LIMITS, PERIOD)
+    cfg = f.config
+    rng = np.random.default_rng(5)
+    now = 100.0
+    ages = [0.0, cfg.max_state_age, cfg.max_feature_age, -cfg.max_future_skew]
+    ages += [np.nextafter(a, np.inf) for a in ages] + [np.nextafter(a, -np.inf) for a in ages]
+    ages += [np.nan, np.inf, -np.inf, 0.05]
+    lo_q, hi_q = f._lower - cfg.position_margin, f._upper + cfg.position_margin
+    speed = 2.0 * f._max_velocity + 0.1
+    for _ in range(4000):
+        q = _edge_values(rng, lo_q, hi_q, 6) if rng.random() < 0.3 else rng.uniform(-1.5, 1.5, 6)
+        qd = _edge_values(rng, -speed, speed, 6) if rng.random() < 0.3 else np.zeros(6)
+        positions = _odd_form(rng, q) if rng.random() < 0.2 else q
+        velocities = _odd_form(rng, qd) if rng.random() < 0.1 else qd
+        ready = bool(rng.random() < 0.9)
+        st = RobotState(positions, velocities, 0.0, ready=ready)
+        t_state = now - ages[rng.integers(0, len(ages))]
+        t_feats = now - ages[rng.integers(0, len(ages))]
+        st_stamped = None if rng.random() < 0.02 else Stamped(st, 1, t_state, now)
+        feats = None if rng.random() < 0.02 else Stamped("f", 1, t_feats, now)
+        sensors = {}
+        if rng.random() < 0.2:
+            values = np.array([0.0, rng.choice([1.0, np.nan])])
+            reading = SensorReading("ft", values, 0.0)
+            sensors["ft"] = Stamped(reading, 1, now - ages[rng.integers(0, len(ages))], now)
+        got = f.check_inputs(now, feats, st_stamped, sensors)
+        want = _reference_inputs(f, now, feats, st_stamped, sensors)
+        assert got == want, (positions, velocities, ready, t_state, t_feats, sensors)
+        if got is not None or st_stamped is None:
+            continue
+        measured = f.measured(st)
+        target = (
+            _edge_values(rng, f._lower, f._upper, 6)
+            if rng.random() < 0.5
+            else q + f._max_step * rng.choice([0.5, 1.0, -1.0, 1.0001], 6)
+        )
+        chunk = np.vstack([target, np.zeros(6)])
+        if rng.random() < 0.3:
+            chunk = [chunk[0], chunk[0].astype(np.float32), _odd_form(rng, target)][
+                rng.integers(0, 3)
+            ]
+        v = f.filter_action(chunk, st, measured)
+        ref = f.filter_action(chunk, st)  # the state read again, no fast path on `measured`
+        assert (v.send, v.reason, v.clamped) == (ref.send, ref.reason, ref.clamped), chunk
+        if _readable(chunk):
+            want = _reference_filter(f, np.atleast_2d(np.asarray(chunk, dtype=float)), st)
+            assert (v.send, v.reason, v.clamped) == want[:3], chunk
+        if v.send:
+            np.testing.assert_array_equal(v.positions, ref.positions)
+            assert v.positions.dtype == np.float64
+
+
+def _readable(chunk) -> bool:
+    """A chunk of the arm's width the reference filter can judge (the rest is malformed)."""
+    try:
+        arr = np.atleast_2d(np.asarray(chunk, dtype=float))
+    except (TypeError, ValueError):
+        return False
+    return arr.ndim == 2 and arr.shape[1] == 6 and arr.shape[0] >= 1
+
+
+def test_a_sent_action_is_a_copy_the_policy_cannot_change_afterwards():
+    f = make()
+    chunk = np.zeros((4, 6))
+    v = f.filter_action(chunk, state(), f.measured(state()))
+    chunk[0] = 1.0  # the policy reuses its buffer for the next call
+    assert v.send and np.all(v.positions == 0.0)
 
 
 def test_the_state_check_takes_any_numeric_sequence():
