@@ -35,7 +35,6 @@ import numpy as np
 
 from controller import heap
 from controller.action_path import ActionPath, InlineRule, default_inline_bound
-from controller.bounded import within
 from controller.clock import controller_clock, keeps_real_time
 from controller.errors import ConfigError, PolicyError, WarmupError, describe
 from controller.executor import Executor, Lane
@@ -54,6 +53,7 @@ from drivers.base import (
     SensorDriver,
     SensorReading,
 )
+from drivers.bounded import within
 from drivers.errors import ConnectionLost, NotReady
 from drivers.lifecycle import Backoff, Reconnects, reconnect_with_backoff
 from drivers.options import Renamed, option, validate
@@ -1133,7 +1133,7 @@ class Controller:
         self._seq += 1
         cmd = JointCommand(positions=verdict.positions, duration=self.config.period, seq=self._seq)
         try:
-            # Bounded, with the timer armed only if the command waits (`controller.bounded`).
+            # Bounded, with the timer armed only if the command waits (`drivers.bounded`).
             await within(self.robot.command(cmd), self._command_timeout)
         except TimeoutError:
             self.telemetry.error("command_timeout")

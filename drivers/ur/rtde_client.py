@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from drivers.bounded import within
 from drivers.errors import ConnectionLost, ProtocolError
 from drivers.ur import rtde_codec as codec
 from drivers.ur import transport
@@ -182,8 +183,9 @@ class RtdeClient:
             raise ConnectionLost(f"RTDE link to {self.host} is closed")
         try:
             writer.write(codec.encode_data(recipe, values))
-            async with asyncio.timeout(self.timeout):
-                await writer.drain()
+            # Bounded, the timer armed only if the buffer is full and drain() waits:
+            # one per command otherwise, each a cost on the tick's cold cache.
+            await within(writer.drain(), self.timeout)
         except (OSError, TimeoutError) as exc:
             raise ConnectionLost(f"RTDE: write to {self.host} failed: {exc!r}") from None
 

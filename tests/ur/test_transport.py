@@ -119,6 +119,43 @@ async def test_a_reader_that_stops_reading_makes_the_writer_wait() -> None:
     server.close()
 
 
+async def test_an_rtde_write_to_a_peer_that_stopped_reading_is_a_lost_link_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`RtdeClient.send` arms its write bound only when `drain()` waits: never while the
+    peer reads, and then a peer that stops reading is `ConnectionLost` after `timeout`."""
+    from drivers.errors import ConnectionLost
+    from drivers.ur import rtde_codec as codec
+    from drivers.ur.rtde_client import RtdeClient
+
+    host = next_host()
+    server, accepted = await _accepting(host)
+    client = RtdeClient(host, 7, timeout=0.5)
+    client._reader, client._writer = await transport.open_connection(host, 7)
+    client.input_recipe = codec.Recipe.build(1, ["input_double_register_24"], ["DOUBLE"])
+    peer_r, _ = await accepted.get()
+    armed = []
+    real_timeout = asyncio.timeout
+
+    def counting_timeout(delay):
+        armed.append(delay)
+        return real_timeout(delay)
+
+    monkeypatch.setattr(asyncio, "timeout", counting_timeout)
+    for _ in range(10):
+        await client.send({"input_double_register_24": 1.0})
+        await peer_r.read(1 << 16)
+    assert armed == []  # the buffer never filled: no timer was ever armed
+    start = now()
+    with pytest.raises(ConnectionLost, match=r"write to .* failed"):
+        for _ in range(100_000):  # the peer no longer reads: the buffers fill, drain() waits
+            await client.send({"input_double_register_24": 1.0})
+    assert 1 <= len(armed) <= 5 and set(armed) == {0.5}  # armed only for the waits
+    assert 0.5 <= now() - start < 0.6
+    client._writer.close()
+    server.close()
+
+
 async def test_any_other_host_is_real_tcp() -> None:
     async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         w.write(await r.readline())

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-import controller.bounded as bounded
-from controller.bounded import within
+import drivers.bounded as bounded
+from drivers.bounded import within
 
 pytestmark = pytest.mark.virtual_clock
 

@@ -19,6 +19,11 @@ an await point, and there was none). If the call waits, the rest of it runs
 under `asyncio.timeout`, exactly as before: the bound counts from that
 first wait (the first step ran without yielding, so at most that step's own
 time is not counted, and no timeout could have interrupted it anyway).
+
+It lives with the drivers because both sides need it: the controller
+bounds each `command()`/`hold()`, and a driver bounds its own writes (the
+UR5 driver's RTDE `drain()`, which waits only when the socket's buffer is
+full); drivers never import the controller.
 """
 
 from __future__ import annotations
