@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU figures of docs/performance.md, in one quiet window (about 11 minutes, 2 cores).
+# The CPU figures of docs/performance.md, in one quiet window (about 12 minutes, 2 cores).
 #
 #   docs/measure_cpu.sh OUT_DIR            # the measurement: nothing else may run meanwhile
 #   docs/measure_cpu.sh OUT_DIR --smoke    # tiny durations: checks that every step runs
@@ -26,6 +26,8 @@
 #   act          the action expert, 500 timed runs (~5 s)
 #   tick-cost    the safety filter's questions, an empty and a numpy call, warm and after
 #                a 10 ms sleep, 300 calls each (~20 s)
+#   camera       a WebRTC camera: a child process publishes 30 fps over WHIP on loopback,
+#                frame-to-slot latency and CPU per frame, 10 s after 2 s untimed (~16 s)
 #
 # Each writes OUT_DIR/NAME.json (rows, machine, versions, date, command line,
 # the 1-minute load average) and OUT_DIR/NAME.md (the Markdown table and its
@@ -65,10 +67,11 @@ if [ "$smoke" = 1 ]; then
     # Every step with tiny durations: a check that the script runs, never figures.
     wake_s=0.3; loop100_s=0.3; loop10_s=0.3; seed_s=0.3; seed_virtual=(--virtual-seconds 5)
     vl_runs=(--iters 2 --warmup 0); act_runs=(--iters 5 --warmup 1); tick_runs=(--calls 10)
+    camera_runs=(--seconds 1 --warmup 0.5)
     echo "SMOKE RUN: tiny durations; these figures are not results." > "$out/SMOKE.txt"
 else
     wake_s=3; loop100_s=10; loop10_s=15; seed_s=6; seed_virtual=()
-    vl_runs=(--iters 100); act_runs=(); tick_runs=()
+    vl_runs=(--iters 100); act_runs=(); tick_runs=(); camera_runs=(--seconds 10 --fps 30)
 fi
 
 if [ "$dry" = 0 ]; then
@@ -114,6 +117,7 @@ step seed-table seed-table --seconds "$seed_s" "${seed_virtual[@]}"
 step vl vl --images 1 5 "${vl_runs[@]}"
 step act act "${act_runs[@]}"
 step tick-cost tick-cost "${tick_runs[@]}"
+step camera camera "${camera_runs[@]}"
 
 [ "$dry" = 1 ] && exit 0
 if [ "$failed" = 0 ]; then

@@ -10,6 +10,7 @@ from drivers.av_frames import Arrived, last_arrival, newest_frames
 from drivers.base import Frame
 from drivers.lifecycle import Lifecycle
 from drivers.newest import LatestValue
+from drivers.webrtc.frame_assembly import complete_frames_at_marker
 from drivers.webrtc.pump import TrackPump
 from drivers.webrtc.rtcp_clock import RtcpClock, SenderClock
 
@@ -50,6 +51,7 @@ class WebRtcCameraBase(Lifecycle):
         old = self._pump
         if old is not None:
             self.spawn(old.close(), "pump-close")
+        complete_frames_at_marker(receiver)
         clock = RtcpClock(receiver, sender_clock=sender_clock)
         pump = TrackPump(track, self.newest, clock.stamp)
         pump.clock = clock  # type: ignore[attr-defined]

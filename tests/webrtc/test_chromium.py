@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from drivers.registry import create
+from drivers.webrtc.frame_assembly import _BUFFER, MarkerJitterBuffer
 from tests.webrtc.chromium import chromium, evaluate, log_tail, missing_reason
 from tests.webrtc.helpers import eventually, slot_fed_by
 
@@ -49,4 +50,7 @@ async def test_chromium_publishes_to_whip_camera_frames_reach_the_slot() -> None
             assert frame.image.shape == (480, 640, 3)
             age = loop.time() - frame.capture_time
             assert 0 <= age < 1.0, age  # same host: sender and our clocks agree
+            # Chromium marks each frame's last packet: frames leave the jitter buffer there.
+            buffer = getattr(cam.session.receiver, _BUFFER)
+            assert isinstance(buffer, MarkerJitterBuffer) and buffer.marked_frames >= 10
             assert proc.returncode is None

@@ -18,6 +18,7 @@ import pytest
 
 from drivers.errors import DriverConfigError
 from drivers.registry import create
+from drivers.webrtc.frame_assembly import _BUFFER, MarkerJitterBuffer
 from drivers.webrtc.whep import WhepCamera
 from drivers.webrtc.whep_testserver import WhepTestServer
 from tests.webrtc.helpers import eventually, slot_fed_by
@@ -44,6 +45,10 @@ async def test_whep_pulls_frames_follows_redirect_and_deletes_on_close() -> None
                 f"http://127.0.0.1:{fixture.port}/wrist/whep/"
             )  # relative Location resolved
             assert cam.connects == 1
+            # Frames leave the jitter buffer at their marker packet (drivers.webrtc.frame_assembly).
+            (receiver,) = [t.receiver for t in cam._pc.getTransceivers()]
+            buffer = getattr(receiver, _BUFFER)
+            assert isinstance(buffer, MarkerJitterBuffer) and buffer.marked_frames >= 19
         assert fixture.deletes == 1 and not fixture.sessions
     finally:
         await fixture.stop()
