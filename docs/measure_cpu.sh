@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU figures of docs/performance.md, in one quiet window (about 12 minutes, 2 cores).
+# The CPU figures of docs/performance.md, in one quiet window (about 11 minutes, 2 cores).
 #
 #   docs/measure_cpu.sh OUT_DIR            # the measurement: nothing else may run meanwhile
 #   docs/measure_cpu.sh OUT_DIR --smoke    # tiny durations: checks that every step runs

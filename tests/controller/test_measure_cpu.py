@@ -21,7 +21,7 @@ from controller.bench.__main__ import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "docs" / "measure_cpu.sh"
-#: The quiet window is ~12 minutes; start-ups, warm-ups and model loads take about 1.5.
+#: The quiet window is ~11 minutes; start-ups, warm-ups and model loads take about 1.5.
 TIMED_BUDGET_S = 560.0
 
 
