@@ -248,7 +248,9 @@ class ClockMap:
             grown = self.offset + self.drift_bound * (device_time - self._last_device)
             self.offset = min(d, grown)
         self._last_device = device_time
-        return device_time + self.offset
+        # offset <= arrival - device_time, but the sum can round one ulp past
+        # `arrival`: a capture is never later than its arrival.
+        return min(device_time + self.offset, arrival)
 
 
 class UR5Robot(Lifecycle, ConfiguredDriver):
