@@ -154,4 +154,6 @@ class RtcpClock:
         transit = arrival - sent
         if self._min_transit is None or transit < self._min_transit:
             self._min_transit = transit
-        return sent + self._min_transit, "rtcp"
+        # The smallest transit is at most this frame's, but on unix seconds (an ulp of
+        # ~2.4e-7 s) the sum can round past the arrival: a capture is never later.
+        return min(sent + self._min_transit, arrival), "rtcp"

@@ -44,3 +44,18 @@ def test_sender_time_follows_rtp_across_a_wrap() -> None:
 
 def test_ntp_conversion() -> None:
     assert ntp_to_unix((2_208_988_800 + 5) << 32 | (1 << 31)) == 5.5
+
+
+class _Frame:
+    pts = 0
+
+
+def test_a_capture_time_is_never_after_its_arrival_even_by_rounding() -> None:
+    """Sender times are unix seconds (~1.8e9, an ulp of 2.4e-7 s): in "relative" mode
+    `sent + (arrival - sent)` rounded up past the arrival (found in a CI run)."""
+    clock = RtcpClock(_Receiver(), sender_clock="relative")
+    clock.report = SenderReport(1, sender_unix=1800000004.954351, rtp=2**32 - 9000, received=0.0)
+    arrival = 1004.4949106478874
+    capture, source = clock.stamp(_Frame(), arrival)
+    assert source == "rtcp" and capture <= arrival
+    assert arrival - capture < 1e-6
