@@ -383,10 +383,10 @@ class SafetyFilter:
         if measured is None:
             if self.state_problem(state) is not None:
                 return Verdict(None, HoldReason.STATE_INVALID)
-            measured = np.asarray(state.positions, dtype=np.float64).tolist()
+            measured = self.measured(state)
         elif not (
             len(measured) == self.limits.dof
-            and _within(list(measured), self._position_low, self._position_high)
+            and _within(measured, self._position_low, self._position_high)
         ):
             return Verdict(None, HoldReason.STATE_INVALID)
         first = _first_row(chunk, self.limits.dof)
@@ -449,7 +449,7 @@ def _finite(bounds: np.ndarray, big: float) -> list[float]:
     return np.clip(np.nan_to_num(bounds, nan=0.0, posinf=big, neginf=-big), -big, big).tolist()
 
 
-def _within(values: list[float], low: list[float], high: list[float]) -> bool:
+def _within(values: Sequence[float], low: list[float], high: list[float]) -> bool:
     """Every value finite and inside its closed bounds (False for NaN, never an error)."""
     for v, lo, hi in zip(values, low, high, strict=True):
         if not lo <= v <= hi:
@@ -457,7 +457,7 @@ def _within(values: list[float], low: list[float], high: list[float]) -> bool:
     return True
 
 
-def _sendable(target: list[float], current: list[float], f: SafetyFilter) -> bool:
+def _sendable(target: list[float], current: Sequence[float], f: SafetyFilter) -> bool:
     """The action needs no clamp and no refusal: finite, inside the position limits,
     and within one period's step of the measured positions."""
     for t, c, lo, hi, step in zip(

@@ -51,11 +51,7 @@ class WebRtcCameraBase(Lifecycle):
         old = self._pump
         if old is not None:
             self.spawn(old.close(), "pump-close")
-        complete_frames_at_marker(receiver)
-        clock = RtcpClock(receiver, sender_clock=sender_clock)
-        pump = TrackPump(track, self.newest, clock.stamp)
-        pump.clock = clock  # type: ignore[attr-defined]
-        pump.start()
+        pump = receive(track, receiver, self.newest, sender_clock)
         self._pump = pump
         return pump
 
@@ -80,3 +76,16 @@ class WebRtcCameraBase(Lifecycle):
             self.stale = stale
             if stale:
                 self.stale_events += 1
+
+
+def receive(
+    track: Any, receiver: Any, box: LatestValue[Arrived], sender_clock: SenderClock
+) -> TrackPump:
+    """Start pumping a received video track into `box`: frames complete at their marker
+    packet (`frame_assembly`), stamped with RTCP capture times (`rtcp_clock`)."""
+    complete_frames_at_marker(receiver)
+    clock = RtcpClock(receiver, sender_clock=sender_clock)
+    pump = TrackPump(track, box, clock.stamp)
+    pump.clock = clock  # type: ignore[attr-defined]
+    pump.start()
+    return pump

@@ -23,10 +23,8 @@ from drivers.av_frames import Arrived, last_arrival
 from drivers.base import ConfiguredDriver
 from drivers.newest import LatestValue
 from drivers.webrtc import whip_server
-from drivers.webrtc.base import WebRtcCameraBase
-from drivers.webrtc.frame_assembly import complete_frames_at_marker
+from drivers.webrtc.base import WebRtcCameraBase, receive
 from drivers.webrtc.pump import TrackPump
-from drivers.webrtc.rtcp_clock import RtcpClock
 from drivers.webrtc.whip_config import WhipCameraConfig
 from drivers.webrtc.whip_server import WhipServer, WhipSession
 
@@ -115,11 +113,7 @@ class WhipCamera(WebRtcCameraBase, ConfiguredDriver):
     def session_offered(self, session: WhipSession) -> None:
         """Receive the candidate's frames into its own mailbox until it is admitted."""
         box: LatestValue[Arrived] = LatestValue(self.name)
-        complete_frames_at_marker(session.receiver)
-        clock = RtcpClock(session.receiver, sender_clock=self.config.sender_clock)
-        pump = TrackPump(session.track, box, clock.stamp)
-        pump.clock = clock  # type: ignore[attr-defined]
-        pump.start()
+        pump = receive(session.track, session.receiver, box, self.config.sender_clock)
         self._candidates[session] = pump
         self.spawn(self._admit(session, pump), f"admit-{session.id[:8]}")
 
